@@ -1,0 +1,90 @@
+"""constrained_grad: train neural networks under constraints on their input derivatives.
+
+Declare constraints (monotone, derivative bounds, gradient matching, Jacobian and
+Lipschitz bounds, convexity, custom), solve them by Lagrangian primal-dual training on
+Cooper, record and plot multipliers and violations, and verify the trained model.
+
+>>> import torch, constrained_grad as cg
+>>> model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+>>> problem = cg.DerivativeProblem(model, torch.nn.functional.mse_loss,
+...                                [cg.Monotonic(inputs=[2], direction="increasing")])
+>>> list(problem.specs)
+['monotonic_0']
+"""
+
+from constrained_grad import derivatives, errors
+from constrained_grad.constraints import (
+    AtPoints,
+    AugmentedLagrangian,
+    Between,
+    Box,
+    Concave,
+    Convex,
+    Custom,
+    DerivativeBound,
+    DerivativeConstraint,
+    FixedPenalty,
+    GradientMatch,
+    InBox,
+    JacobianNormBound,
+    Lagrangian,
+    Lipschitz,
+    Monotonic,
+    Needs,
+    OnBatch,
+    QuadraticPenalty,
+)
+from constrained_grad.derivatives import (
+    batch_jacobian,
+    input_gradient,
+    input_gradient_norm,
+    jacobian_columns,
+    jacobian_fro_norm_sq,
+    jacobian_rows,
+    second_derivatives,
+)
+from constrained_grad.history import History, plot_history, plot_partial_dependence
+from constrained_grad.problem import DerivativeProblem, with_indices
+from constrained_grad.training import FitResult, StepInfo, Trainer, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AtPoints",
+    "AugmentedLagrangian",
+    "Between",
+    "Box",
+    "Concave",
+    "Convex",
+    "Custom",
+    "DerivativeBound",
+    "DerivativeConstraint",
+    "DerivativeProblem",
+    "FitResult",
+    "FixedPenalty",
+    "GradientMatch",
+    "History",
+    "InBox",
+    "JacobianNormBound",
+    "Lagrangian",
+    "Lipschitz",
+    "Monotonic",
+    "Needs",
+    "OnBatch",
+    "QuadraticPenalty",
+    "StepInfo",
+    "Trainer",
+    "batch_jacobian",
+    "derivatives",
+    "errors",
+    "fit",
+    "input_gradient",
+    "input_gradient_norm",
+    "jacobian_columns",
+    "jacobian_fro_norm_sq",
+    "jacobian_rows",
+    "plot_history",
+    "plot_partial_dependence",
+    "second_derivatives",
+    "with_indices",
+]

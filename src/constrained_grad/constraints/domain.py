@@ -1,0 +1,108 @@
+"""Input domains: where a constraint must hold and where verification searches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from constrained_grad.errors import InputValidationError
+
+
+class Box:
+    r"""An axis-aligned box :math:`\{x : low \le x \le high\}` of per-sample inputs.
+
+    Args:
+        low, high: per-feature bounds (sequences or tensors of the same shape).
+        fixed: features held at one value (``{index: value}``), e.g. a scenario.
+        categorical: features restricted to a finite set (``{index: [values]}``); samplers
+            draw among them and gradient search never moves them.
+
+    Example:
+        >>> Box([0.0, -1.0], [1.0, 1.0]).width
+        tensor([1., 2.])
+    """
+
+    def __init__(
+        self,
+        low: Sequence[float] | torch.Tensor,
+        high: Sequence[float] | torch.Tensor,
+        *,
+        fixed: dict[int, float] | None = None,
+        categorical: dict[int, Sequence[float]] | None = None,
+    ) -> None:
+        lo = torch.as_tensor(low, dtype=torch.float64).detach().clone().reshape(-1)
+        hi = torch.as_tensor(high, dtype=torch.float64).detach().clone().reshape(-1)
+        if lo.shape != hi.shape:
+            raise InputValidationError(f"Box: low and high differ in shape (got {tuple(lo.shape)} "
+                                       f"and {tuple(hi.shape)}). Give one bound per feature.")
+        if lo.numel() == 0:
+            raise InputValidationError("Box: no features (got empty bounds). Give one bound per "
+                                       "feature.")
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise InputValidationError("Box: bounds must be finite (got NaN or inf). Clip the "
+                                       "domain to the range the data lives in.")
+        bad = (lo > hi).nonzero().flatten().tolist()
+        if bad:
+            j = bad[0]
+            raise InputValidationError(f"Box: low > high for feature {j} (got low={lo[j].item()}, "
+                                       f"high={hi[j].item()}). Swap or correct the bounds.")
+        self.fixed = {int(k): float(v) for k, v in (fixed or {}).items()}
+        self.categorical = {int(k): [float(c) for c in v] for k, v in (categorical or {}).items()}
+        for name, mapping in (("fixed", self.fixed), ("categorical", self.categorical)):
+            for k in mapping:
+                if not 0 <= k < lo.numel():
+                    raise InputValidationError(f"Box: {name} feature index {k} is out of range "
+                                               f"for {lo.numel()} features. Use 0..{lo.numel()-1}.")
+        for k, v in self.fixed.items():
+            lo[k] = hi[k] = v
+        for k, values in self.categorical.items():
+            if not values:
+                raise InputValidationError(f"Box: categorical feature {k} has no values (got []). "
+                                           "List the allowed values.")
+            lo[k], hi[k] = min(values), max(values)
+        self.low, self.high = lo, hi
+
+    @property
+    def dim(self) -> int:
+        return self.low.numel()
+
+    @property
+    def width(self) -> torch.Tensor:
+        return (self.high - self.low).to(torch.get_default_dtype())
+
+    @classmethod
+    def around(cls, x: torch.Tensor, pad: float = 0.0) -> Box:
+        """The bounding box of data ``x`` (N, d), widened by ``pad`` times its width."""
+        x = torch.as_tensor(x).detach().reshape(x.shape[0], -1).double()
+        lo, hi = x.min(0).values, x.max(0).values
+        w = hi - lo
+        return cls(lo - pad * w, hi + pad * w)
+
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """``n`` points uniform in the box (categorical features uniform over their values)."""
+        u = torch.rand(n, self.dim, generator=generator, dtype=torch.float64)
+        x = self.low + u * (self.high - self.low)
+        for k, values in self.categorical.items():
+            pick = torch.randint(len(values), (n,), generator=generator)
+            x[:, k] = torch.tensor(values, dtype=torch.float64)[pick]
+        return x.to(dtype=dtype, device=device)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp ``x`` into the box."""
+        return torch.maximum(torch.minimum(x, self.high.to(x)), self.low.to(x))
+
+    def contains(self, x: torch.Tensor, atol: float = 0.0) -> torch.Tensor:
+        """Per-row membership test."""
+        lo, hi = self.low.to(x), self.high.to(x)
+        return ((x >= lo - atol) & (x <= hi + atol)).all(dim=-1)
+
+    def __repr__(self) -> str:
+        return f"Box(low={self.low.tolist()}, high={self.high.tolist()})"

@@ -1,0 +1,157 @@
+r"""Where a constraint is enforced: the points its derivatives are evaluated at, per step.
+
+* :class:`OnBatch` — the training batch itself (reuses the loss's forward pass: cheapest).
+* :class:`InBox` — ``n`` points drawn uniformly in a :class:`~constrained_grad.Box` each
+  step, covering the empty corners of the domain that data never visits.
+* :class:`Between` — ``n`` random convex combinations of pairs of batch points.
+* :class:`AtPoints` — a fixed set of points (e.g. a grid or counterexamples); each point
+  keeps its index, so pointwise multipliers persist across epochs.
+
+A point source returns ``(x, indices)``; ``indices`` are stable point ids (``torch.long``)
+or ``None`` where points have no identity (fresh random samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from constrained_grad.constraints.domain import Box
+from constrained_grad.errors import ConstraintSpecError, InputValidationError
+
+
+def _positive_int(value: object, who: str, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConstraintSpecError(f"{who}: {what} must be a positive int (got {value!r}).")
+    return value
+
+
+class PointSource:
+    """Base class: produces the points a constraint is evaluated at on one step."""
+
+    #: Number of points with stable ids, or ``None`` if the source has no stable ids.
+    num_points: int | None = None
+    #: True if the points are the training batch (the loss's forward pass is reused).
+    uses_batch: bool = False
+
+    def points(
+        self,
+        batch_x: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def check_inputs(self, n_inputs: int, who: str) -> None:
+        """Raise if this source produces points of another width than the model takes."""
+
+
+class OnBatch(PointSource):
+    """Enforce at the training batch. ``num_points`` enables pointwise multipliers: the
+    loader must then yield each sample's index (see :func:`constrained_grad.with_indices`)."""
+
+    uses_batch = True
+
+    def __init__(self, num_points: int | None = None) -> None:
+        if num_points is not None:
+            _positive_int(num_points, "OnBatch", "num_points")
+        self.num_points = num_points
+
+    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+        return batch_x, batch_index
+
+    def __repr__(self) -> str:
+        return "OnBatch()" if self.num_points is None else f"OnBatch(num_points={self.num_points})"
+
+
+class InBox(PointSource):
+    """Enforce at ``n`` points drawn uniformly in ``box`` on every step."""
+
+    def __init__(self, box: Box | tuple[Sequence[float], Sequence[float]], n: int = 256) -> None:
+        self.box = box if isinstance(box, Box) else Box(*box)
+        self.n = _positive_int(n, "InBox", "n")
+
+    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+        x = self.box.sample(self.n, generator=generator, dtype=batch_x.dtype)
+        return x.to(batch_x.device).reshape(self.n, *batch_x.shape[1:]), None
+
+    def check_inputs(self, n_inputs: int, who: str) -> None:
+        if self.box.dim != n_inputs:
+            raise ConstraintSpecError(f"{who}: InBox box has {self.box.dim} features but the model "
+                                      f"takes {n_inputs} inputs per sample. Give one bound per "
+                                      "input feature.")
+
+    def __repr__(self) -> str:
+        return f"InBox({self.box!r}, n={self.n})"
+
+
+class Between(PointSource):
+    """Enforce at ``n`` points ``t x_a + (1-t) x_b`` between random pairs of batch points."""
+
+    def __init__(self, n: int = 256) -> None:
+        self.n = _positive_int(n, "Between", "n")
+
+    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+        b = batch_x.shape[0]
+        a = torch.randint(b, (self.n,), generator=generator).to(batch_x.device)
+        c = torch.randint(b, (self.n,), generator=generator).to(batch_x.device)
+        t = torch.rand(self.n, generator=generator, dtype=batch_x.dtype).to(batch_x.device)
+        t = t.reshape(self.n, *([1] * (batch_x.dim() - 1)))
+        x = t * batch_x[a].detach() + (1 - t) * batch_x[c].detach()
+        return x, None
+
+    def __repr__(self) -> str:
+        return f"Between(n={self.n})"
+
+
+class AtPoints(PointSource):
+    """Enforce at a fixed set of points; ``batch_size`` of them (random, seeded) per step,
+    or all when ``batch_size`` is None. Indices are stable positions in ``points``."""
+
+    def __init__(self, points: torch.Tensor, batch_size: int | None = None) -> None:
+        if not isinstance(points, torch.Tensor) or points.dim() < 2 or points.shape[0] == 0:
+            got = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+            raise ConstraintSpecError(f"AtPoints: points must be a non-empty (N, d) tensor (got "
+                                      f"{got}). Pass torch.as_tensor(array, dtype=torch.float32).")
+        if not points.is_floating_point():
+            raise ConstraintSpecError(f"AtPoints: points must be floating point (got {points.dtype})."
+                                      " Cast with points.float().")
+        self.data = points.detach()
+        self.num_points = points.shape[0]
+        self.batch_size = None if batch_size is None else _positive_int(batch_size, "AtPoints",
+                                                                         "batch_size")
+
+    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+        if self.batch_size is None or self.batch_size >= self.num_points:
+            idx = torch.arange(self.num_points)
+        else:
+            idx = torch.randperm(self.num_points, generator=generator)[: self.batch_size]
+        device = batch_x.device if batch_x is not None else self.data.device
+        dtype = batch_x.dtype if batch_x is not None else self.data.dtype
+        return self.data[idx].to(device=device, dtype=dtype), idx.to(device)
+
+    def check_inputs(self, n_inputs: int, who: str) -> None:
+        if self.data[0].numel() != n_inputs:
+            raise ConstraintSpecError(f"{who}: AtPoints points have {self.data[0].numel()} "
+                                      f"features but the model takes {n_inputs}. Pass points of "
+                                      "the model's input shape.")
+
+    def __repr__(self) -> str:
+        return f"AtPoints(N={self.num_points}, batch_size={self.batch_size})"
+
+
+def check_batch_index(index: torch.Tensor | None, source: PointSource, who: str) -> None:
+    """Validate point ids handed over by the data loader for pointwise multipliers."""
+    if index is None:
+        raise InputValidationError(
+            f"{who}: pointwise reduction on the batch needs each sample's index, but the loader "
+            "yields none. Wrap the dataset with constrained_grad.with_indices(dataset) or enforce "
+            "at AtPoints(...).")
+    if index.dtype != torch.long:
+        raise InputValidationError(f"{who}: sample indices must be torch.long (got {index.dtype}).")
+    n = source.num_points or 0
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+        raise InputValidationError(f"{who}: sample index out of range [0, {n}) (got "
+                                   f"{int(index.min())}..{int(index.max())}). Set "
+                                   "OnBatch(num_points=len(dataset)).")

@@ -1,0 +1,293 @@
+r"""The bridge to Cooper: a :class:`cooper.ConstrainedMinimizationProblem` built from
+declared derivative constraints.
+
+For each declared constraint there is exactly one ``cooper.Constraint`` (never one per
+scalar: grouped constraints are what keeps Cooper fast), holding
+
+* a ``DenseMultiplier`` with one entry per constrained component (aggregate reductions) or
+  an ``IndexedMultiplier`` with one entry per point and component (``"pointwise"``),
+  created in the model's dtype and device (Cooper defaults to float32);
+* Cooper's ``Lagrangian``, ``AugmentedLagrangian`` or ``QuadraticPenalty`` formulation.
+
+Per batch, :meth:`DerivativeProblem.compute_cmp_state` runs the model once on the batch,
+evaluates the loss, and evaluates every constraint through one shared derivative
+computation per set of points (:func:`constrained_grad.derivatives.evaluate`). Constraint
+states carry the differentiable (primal) violation and, where it differs, the value that
+drives the multiplier (``strict_violation``): e.g. the mean hinge for the weights and the
+worst point for the multiplier.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cooper
+import torch
+
+from constrained_grad.constraints import (
+    AugmentedLagrangian,
+    DerivativeConstraint,
+    FixedPenalty,
+    QuadraticPenalty,
+    reduce_violations,
+)
+from constrained_grad.constraints.points import check_batch_index
+from constrained_grad.derivatives import evaluate
+from constrained_grad.derivatives.engine import DerivativeValues
+from constrained_grad.errors import ConstraintSpecError, InputValidationError
+from constrained_grad.problem.batch import Batch, as_batch
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+@dataclass
+class ConstraintEval:
+    """Detached per-step evaluation of one constraint, for history and checks."""
+
+    violations: torch.Tensor  # (B, C) signed, tolerance applied (> 0 is violated)
+    index: torch.Tensor | None  # point ids for pointwise constraints
+    paths: dict[str, str]
+
+
+def infer_dims(model: Callable[[torch.Tensor], torch.Tensor], example_input: torch.Tensor | None,
+               input_shape: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-sample input and output shapes, from an example, a shape, or the first layer."""
+    who = "DerivativeProblem"
+    if example_input is None:
+        if input_shape is None:
+            first = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None) \
+                if isinstance(model, torch.nn.Module) else None
+            if first is None:
+                raise InputValidationError(f"{who}: cannot infer the model's input size. Pass "
+                                           "example_input=x[:1] or input_shape=(d,).")
+            input_shape = (first.in_features,)
+        param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+        dtype = param.dtype if param is not None else torch.get_default_dtype()
+        device = param.device if param is not None else None
+        example_input = torch.zeros(1, *input_shape, dtype=dtype, device=device)
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise InputValidationError(f"{who}: example_input must be a batched tensor (1, *in_shape) "
+                                   f"(got {getattr(example_input, 'shape', type(example_input))}).")
+    was_training = model.training if isinstance(model, torch.nn.Module) else None
+    try:
+        if isinstance(model, torch.nn.Module):
+            model.eval()
+        with torch.no_grad():
+            out = model(example_input[:1])
+    except Exception as err:  # the user's model: any exception means the shape is wrong
+        raise InputValidationError(f"{who}: the model fails on an input of shape "
+                                   f"{(1, *example_input.shape[1:])} ({type(err).__name__}: {err})."
+                                   " Pass example_input= with a real sample.") from err
+    finally:
+        if was_training:
+            model.train()
+    if not isinstance(out, torch.Tensor) or out.dim() == 0:
+        raise InputValidationError(f"{who}: the model must return a batched tensor (got "
+                                   f"{type(out).__name__}).")
+    return tuple(example_input.shape[1:]), tuple(out.shape[1:])
+
+
+class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
+    r"""Minimise ``loss(model(x), y)`` subject to derivative constraints on ``model``.
+
+    Args:
+        model: a ``torch.nn.Module`` (or function of a batch) whose input derivatives are
+            constrained.
+        loss: ``loss(outputs, targets) -> scalar``, e.g. ``torch.nn.functional.mse_loss``;
+            ``None`` for a problem made of constraints only (e.g. gradient matching).
+        constraints: declared constraints; names default to ``"<kind>_<k>"``.
+        example_input / input_shape: to size the problem when the model's first layer is
+            not a ``Linear``.
+        seed: seeds the generator of random points and projections (reproducible runs).
+        column_method: the engine's column method (``"auto"``, ``"double_backward"``,
+            ``"forward"``, ``"reverse"``).
+
+    The problem *is* a ``cooper.ConstrainedMinimizationProblem``: use it with
+    :func:`constrained_grad.fit`, or with any Cooper optimizer in your own loop
+    (``compute_cmp_state(batch)``).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        loss: LossFn | None = None,
+        constraints: Sequence[DerivativeConstraint] = (),
+        *,
+        example_input: torch.Tensor | None = None,
+        input_shape: Sequence[int] | None = None,
+        seed: int = 0,
+        column_method: str = "auto",
+    ) -> None:
+        super().__init__()
+        who = "DerivativeProblem"
+        if not callable(model):
+            raise InputValidationError(f"{who}: model must be a torch.nn.Module or a function "
+                                       f"(got {type(model).__name__}).")
+        if loss is not None and not callable(loss):
+            raise InputValidationError(f"{who}: loss must be a function (outputs, targets) -> "
+                                       f"scalar or None (got {type(loss).__name__}).")
+        constraints = list(constraints)
+        for c in constraints:
+            if not isinstance(c, DerivativeConstraint):
+                raise InputValidationError(f"{who}: constraints must be declared constraints such "
+                                           f"as cg.Monotonic(...) (got {type(c).__name__}).")
+        if loss is None and not constraints:
+            raise InputValidationError(f"{who}: nothing to optimise (no loss, no constraints). "
+                                       "Give a loss, constraints, or both.")
+        self.model = model
+        self.loss_fn = loss
+        self.column_method = column_method
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.in_shape, self.out_shape = infer_dims(model, example_input, input_shape)
+        self.n_inputs, self.n_outputs = math.prod(self.in_shape), math.prod(self.out_shape)
+        param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+        self.dtype = param.dtype if param is not None else torch.get_default_dtype()
+        self.device = param.device if param is not None else torch.device("cpu")
+
+        self.specs: dict[str, DerivativeConstraint] = {}
+        counts: dict[str, int] = {}
+        for c in constraints:
+            base = type(c).__name__.lower()
+            name = c.name
+            if name is None:
+                name = f"{base}_{counts.get(base, 0)}"
+                counts[base] = counts.get(base, 0) + 1
+            if name in self.specs:
+                raise ConstraintSpecError(f"{who}: two constraints are named {name!r}. Give each a "
+                                          "unique name=.")
+            c.resolve(self.n_inputs, self.n_outputs)
+            if c.reduction == "pointwise" and not c.formulation.uses_multiplier:
+                raise ConstraintSpecError(f"{name}: pointwise reduction needs a multiplier; "
+                                          f"{type(c.formulation).__name__} has none. Use an "
+                                          "aggregate reduction.")
+            self.specs[name] = c
+            setattr(self, name, self._make_cooper_constraint(c))
+        # constraints enforced at the same points share one engine computation
+        self._groups: dict[object, list[str]] = {}
+        for name, c in self.specs.items():
+            key = "batch" if c.where.uses_batch else id(c.where)
+            self._groups.setdefault(key, []).append(name)
+        self._uses_batch = any(c.where.uses_batch for c in self.specs.values())
+        self.last_evals: dict[str, ConstraintEval] = {}
+
+    # -- construction ----------------------------------------------------------------------
+    def _make_cooper_constraint(self, c: DerivativeConstraint) -> cooper.Constraint:
+        kw = {"dtype": self.dtype, "device": self.device}
+        ctype = (cooper.ConstraintType.EQUALITY if c.effective_kind == "equality"
+                 else cooper.ConstraintType.INEQUALITY)
+        pointwise = c.reduction == "pointwise"
+        size = c.n_components * (c.where.num_points or 1) if pointwise else c.n_components
+        form = c.formulation
+        multiplier = None
+        if form.uses_multiplier:
+            init = None
+            if isinstance(form, FixedPenalty):
+                init = torch.full((size,), form.weight, **kw)
+            mcls = cooper.multipliers.IndexedMultiplier if pointwise \
+                else cooper.multipliers.DenseMultiplier
+            multiplier = mcls(num_constraints=size, init=init, **kw)
+        penalty = None
+        if isinstance(form, (AugmentedLagrangian, QuadraticPenalty)):
+            value = form.penalty if isinstance(form, AugmentedLagrangian) else form.coefficient
+            pcls = cooper.penalty_coefficients.IndexedPenaltyCoefficient if pointwise \
+                else cooper.penalty_coefficients.DensePenaltyCoefficient
+            penalty = pcls(init=torch.full((size,), value, **kw))
+        formulation_type = {
+            AugmentedLagrangian: cooper.formulations.AugmentedLagrangian,
+            QuadraticPenalty: cooper.formulations.QuadraticPenalty,
+        }.get(type(form), cooper.formulations.Lagrangian)
+        return cooper.Constraint(constraint_type=ctype, formulation_type=formulation_type,
+                                 multiplier=multiplier, penalty_coefficient=penalty)
+
+    def dual_lr_of(self, name: str, default: float) -> float:
+        """The dual step size of a constraint: its own, the AL penalty, or ``default``."""
+        c = self.specs[name]
+        if isinstance(c.formulation, FixedPenalty):
+            return 0.0
+        if c.dual_lr is not None:
+            return c.dual_lr
+        if isinstance(c.formulation, AugmentedLagrangian):
+            return c.formulation.penalty
+        return default
+
+    # -- evaluation ------------------------------------------------------------------------
+    def compute_cmp_state(self, batch: Any, *, create_graph: bool = True) -> cooper.CMPState:
+        """Loss and constraint states on one batch (see the class docstring).
+
+        ``create_graph=False`` evaluates violations only (no parameter graph through the
+        derivatives): what an alternating dual update or an evaluation needs.
+        """
+        b = as_batch(batch).to(self.device)
+        self._check_inputs(b.x)
+        with torch.enable_grad():  # Cooper's alternating optimizers call us under no_grad
+            x = b.x.detach().requires_grad_(self._uses_batch)
+            outputs = self.model(x)
+            loss = None
+            if self.loss_fn is not None:
+                loss = self.loss_fn(outputs, b.y)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise InputValidationError(f"DerivativeProblem: loss must return a scalar "
+                                               f"tensor (got {getattr(loss, 'shape', loss)}).")
+                loss = loss.reshape(())
+            observed: dict[cooper.Constraint, cooper.ConstraintState] = {}
+            self.last_evals = {}
+            for names in self._groups.values():
+                source = self.specs[names[0]].where
+                values = self._values_for(source, b, x, outputs, names, create_graph)
+                for name in names:
+                    observed[self._constraints[name]] = self._state_for(name, values, b)
+        return cooper.CMPState(loss=loss, observed_constraints=observed,
+                               misc={"outputs": outputs.detach()})
+
+    def _check_inputs(self, x: torch.Tensor) -> None:
+        if x.dim() < 2 or tuple(x.shape[1:]) != self.in_shape:
+            raise InputValidationError(f"DerivativeProblem: batch inputs have shape "
+                                       f"{tuple(x.shape)} but the model takes (B, "
+                                       f"{', '.join(map(str, self.in_shape))}). Check the loader.")
+        if not x.is_floating_point():
+            raise InputValidationError(f"DerivativeProblem: batch inputs must be floating point to "
+                                       f"be differentiated (got {x.dtype}). Cast with .float().")
+
+    def _values_for(self, source: Any, b: Batch, x: torch.Tensor, outputs: torch.Tensor,
+                    names: list[str], create_graph: bool) -> DerivativeValues:
+        needs = self.specs[names[0]].needs
+        for name in names[1:]:
+            needs = needs.merge(self.specs[name].needs)
+        if source.uses_batch:
+            return evaluate(self.model, x, needs, outputs=outputs, create_graph=create_graph,
+                            generator=self.generator, column_method=self.column_method,
+                            index=b.index)
+        points, index = source.points(x.detach(), b.index, self.generator)
+        return evaluate(self.model, points, needs, create_graph=create_graph,
+                        generator=self.generator, column_method=self.column_method, index=index)
+
+    def _state_for(self, name: str, values: DerivativeValues, b: Batch) -> cooper.ConstraintState:
+        c = self.specs[name]
+        g = c.violations(values, b)  # (B, C)
+        self.last_evals[name] = ConstraintEval(g.detach(), values.index, dict(values.paths))
+        if c.reduction == "pointwise":
+            if c.where.uses_batch:
+                check_batch_index(values.index, c.where, name)
+            idx = values.index
+            assert idx is not None
+            ids = (idx.reshape(-1, 1) * c.n_components
+                   + torch.arange(c.n_components, device=idx.device)).reshape(-1)
+            return cooper.ConstraintState(violation=g.reshape(-1), constraint_features=ids)
+        primal, dual = reduce_violations(g, c.reduction)
+        return cooper.ConstraintState(violation=primal, strict_violation=dual)
+
+    # -- introspection ---------------------------------------------------------------------
+    def multiplier_values(self) -> dict[str, torch.Tensor]:
+        """Current multipliers by constraint name (detached, flat)."""
+        return {name: m.weight.detach().reshape(-1) for name, m in self.named_multipliers()}
+
+    def violations(self, name: str, x: torch.Tensor, batch: Any = None) -> torch.Tensor:
+        """``(B, C)`` violations of constraint ``name`` at points ``x`` (no parameter graph)."""
+        c = self.specs[name]
+        values = evaluate(self.model, x, c.needs, create_graph=False, generator=self.generator,
+                          column_method=self.column_method)
+        return c.violations(values, as_batch(batch) if batch is not None else None).detach()
