@@ -21,16 +21,19 @@ are Cooper's own.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from constrained_grad.errors import InputValidationError, NonFiniteError
+from constrained_grad.errors import CheckpointError, InputValidationError, NonFiniteError
 from constrained_grad.history import History
 from constrained_grad.problem import DerivativeProblem
+from constrained_grad.training import checkpoint
 from constrained_grad.training.dual import DualFactory, build_dual_optimizer
 from constrained_grad.training.stats import FIELDS, SMALL_MULTIPLIER, constraint_stats
 
@@ -203,6 +206,50 @@ class Trainer:
         return out or None
 
 
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on, as plain tensors and containers."""
+        model = self.problem.model
+        return {
+            "format": checkpoint.FORMAT,
+            "constraints": checkpoint.constraint_signature(self.problem),
+            "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
+            "primal_optimizer": self.primal_optimizer.state_dict(),
+            "dual_optimizer": None if self.dual_optimizer is None else {
+                "names": list(self.dual_names), "state": self.dual_optimizer.state_dict()},
+            "cmp": self.problem.state_dict(),
+            "problem_generator": self.problem.generator.get_state(),
+            "history": self.history.to_dict(),
+            "step": self.step_count,
+            "skipped": self.skipped,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: Any = "state") -> None:
+        """Restore a :meth:`state_dict`; raises ``CheckpointError`` if it does not fit."""
+        checkpoint.check_signature(state["constraints"], self.problem, source)
+        saved_dual = state["dual_optimizer"]
+        saved_names = None if saved_dual is None else saved_dual["names"]
+        if saved_names != (self.dual_names if self.dual_optimizer is not None else None):
+            raise CheckpointError(f"load_checkpoint: {source} steps the multipliers of "
+                                  f"{saved_names} but this run steps {self.dual_names}. Use the "
+                                  "same dual learning rates and formulations as the saved run.")
+        model = self.problem.model
+        if isinstance(model, torch.nn.Module):
+            model.load_state_dict(state["model"])
+        self.primal_optimizer.load_state_dict(state["primal_optimizer"])
+        if self.dual_optimizer is not None:
+            self.dual_optimizer.load_state_dict(saved_dual["state"])
+        self.problem.load_state_dict(state["cmp"])
+        self.problem.generator.set_state(state["problem_generator"])
+        restored = History.from_dict(state["history"])
+        self.history.truncate(0)
+        self.history.extend(restored)
+        self.step_count = int(state["step"])
+        self.skipped = int(state["skipped"])
+        times = self.history.wall_times
+        self._t0 = time.perf_counter() - (times[-1] if times else 0.0)
+
+
 def _named_params(model: Any) -> Iterable[tuple[str, torch.Tensor]]:
     return model.named_parameters() if isinstance(model, torch.nn.Module) else []
 
@@ -226,6 +273,9 @@ def fit(
     device: torch.device | str | None = None,
     on_nonfinite: str = "raise",
     history: History | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
 ) -> FitResult:
     r"""Train ``problem.model`` by primal-dual steps over ``loader``.
 
@@ -238,7 +288,8 @@ def fit(
         dual_optimizer: ``"sgd"`` (default, works with pointwise multipliers), ``"adam"``
             (aggregate constraints only), or ``factory(param_groups) -> optimizer`` with
             ``maximize=True``.
-        epochs / steps: passes over the loader, and an optional step budget.
+        epochs / steps: total passes over the loader, and an optional total step budget
+            (both count the steps of a resumed run too).
         update: ``"simultaneous"`` or ``"alternating"`` primal-dual updates.
         callbacks: ``callback(StepInfo)`` after every step; returning True stops training.
         eval_fn / eval_every: ``eval_fn(model) -> {metric: value}`` logged every
@@ -248,8 +299,13 @@ def fit(
         progress: show a progress bar with the loss and the worst violation.
         device: move the model and multipliers there first (batches follow).
         on_nonfinite: ``"raise"`` (default) a :class:`~constrained_grad.errors.NonFiniteError`
-            naming the quantity and step, or ``"skip"`` the step.
+            naming the quantity and step (after checkpointing the last good state), or
+            ``"skip"`` the step.
         history: continue an existing history.
+        checkpoint_dir: folder for ``checkpoint.pt``, written atomically every
+            ``checkpoint_every`` steps, at the end, on interruption and before raising on a
+            non-finite value. With ``resume=True`` an existing checkpoint there is loaded
+            first and training continues exactly where it stopped.
 
     Returns:
         :class:`FitResult` with the history and the problem.
@@ -258,30 +314,83 @@ def fit(
     _check_positive_int(steps, "steps")
     _check_positive_int(eval_every, "eval_every")
     _check_positive_int(patience, "patience", allow_none=False)
+    _check_positive_int(checkpoint_every, "checkpoint_every")
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise InputValidationError("fit: checkpoint_every needs checkpoint_dir (got None). Name "
+                                   "a folder for the checkpoints.")
     if device is not None:
         _move(problem, device)
     trainer = Trainer(problem, primal_optimizer, dual_lr=dual_lr, dual_optimizer=dual_optimizer,
                       update=update, history=history, on_nonfinite=on_nonfinite)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    start_epoch, skip_batches, epoch_rng, resume_rng, loader_state = 0, 0, None, None, None
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        saved = checkpoint.load(ckpt_path)
+        trainer.load_state_dict(saved, ckpt_path)
+        start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
+        epoch_rng, resume_rng = saved["epoch_rng"], saved["rng"]
+        loader_state = saved["loader_rng"]
+    gen = checkpoint.loader_generator(loader)
     total = steps if steps is not None else _epoch_len(loader, epochs)
-    bar = _progress(total, progress)
-    stopped, feasible_run, done = "budget", 0, 0
+    bar = _progress(total, progress, initial=trainer.step_count)
+    stopped, feasible_run = "budget", 0
     n = len(FIELDS)
     idx_max = [2 + k * n + 1 for k in range(len(trainer.names))]
+    position = {"epoch": start_epoch, "batch_in_epoch": skip_batches, "epoch_rng": epoch_rng}
+
+    def save() -> None:
+        if ckpt_path is not None:
+            state = trainer.state_dict()
+            state.update(position, rng=checkpoint.capture_rng(),
+                         loader_rng=None if gen is None else gen.get_state())
+            checkpoint.atomic_save(state, ckpt_path)
+
+    def budget_left() -> bool:
+        return steps is None or trainer.step_count < steps
+
     try:
-        for epoch in range(epochs):
-            seen = 0
-            for batch in loader:
+        for epoch in range(start_epoch, epochs):
+            if not budget_left():
+                break
+            if epoch == start_epoch and skip_batches and position["epoch_rng"] is not None:
+                # resume mid-epoch: replay this epoch's order, skip what was already seen
+                _restore_epoch_rng(position["epoch_rng"], gen)
+                iterator = iter(loader)
+                for _ in range(skip_batches):
+                    next(iterator)
+            else:
+                skip_batches = 0
+                if resume_rng is not None:  # resume at an epoch boundary
+                    checkpoint.restore_rng(resume_rng)
+                    resume_rng = None
+                position["epoch_rng"] = _epoch_rng(gen)
+                iterator = iter(loader)
+            if resume_rng is not None:
+                checkpoint.restore_rng(resume_rng)
+                resume_rng = None
+            if loader_state is not None and gen is not None:
+                gen.set_state(loader_state)
+            loader_state = None
+            position["epoch"], position["batch_in_epoch"] = epoch, skip_batches
+            seen = skip_batches
+            for batch in iterator:
                 seen += 1
-                row = trainer.step(batch, epoch)
-                done += 1
+                try:
+                    row = trainer.step(batch, epoch)
+                except NonFiniteError:
+                    save()  # the state before the failed step is intact
+                    raise
+                position["batch_in_epoch"] = seen
                 worst = max((row[i] for i in idx_max), default=float("nan"))
                 if bar is not None:
                     bar.update(1)
-                    if done % 10 == 1:
+                    if trainer.step_count % 10 == 1:
                         bar.set_postfix(loss=f"{row[0]:.4g}", max_violation=f"{worst:.3g}",
                                         refresh=False)
                 if eval_fn is not None and eval_every and trainer.step_count % eval_every == 0:
                     trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
+                if checkpoint_every and trainer.step_count % checkpoint_every == 0:
+                    save()
                 info = StepInfo(trainer.step_count, epoch, row[0], worst, trainer.history, problem)
                 if any(cb(info) is True for cb in callbacks):
                     stopped = "callback"
@@ -291,20 +400,43 @@ def fit(
                     if feasible_run >= patience:
                         stopped = "feasible"
                         break
-                if steps is not None and done >= steps:
+                if not budget_left():
                     break
-            if seen == 0:
-                raise InputValidationError("fit: the loader yielded no batch. Check the dataset is "
-                                           "not empty and drop_last does not drop everything.")
-            if stopped != "budget" or (steps is not None and done >= steps):
-                break
+            else:  # the epoch ran to its end: the next checkpoint starts the next epoch
+                if seen == 0:
+                    raise InputValidationError("fit: the loader yielded no batch. Check the "
+                                               "dataset is not empty and drop_last does not drop "
+                                               "everything.")
+                position.update(epoch=epoch + 1, batch_in_epoch=0, epoch_rng=None)
+                continue
+            break
+    except KeyboardInterrupt:
+        save()
+        raise
     finally:
         if bar is not None:
             bar.close()
+    save()
     if eval_fn is not None:
         trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
-    return FitResult(trainer.history, problem, done, stopped, trainer.dual_optimizer,
-                     {"skipped_steps": trainer.skipped})
+    return FitResult(trainer.history, problem, trainer.step_count, stopped,
+                     trainer.dual_optimizer, {"skipped_steps": trainer.skipped,
+                                              "checkpoint": ckpt_path})
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _epoch_rng(gen: torch.Generator | None) -> dict[str, Any]:
+    """Random states that decide an epoch's data order, captured before ``iter(loader)``."""
+    return {"global": checkpoint.capture_rng(),
+            "loader": None if gen is None else gen.get_state()}
+
+
+def _restore_epoch_rng(state: dict[str, Any], gen: torch.Generator | None) -> None:
+    checkpoint.restore_rng(state["global"])
+    if gen is not None and state["loader"] is not None:
+        gen.set_state(state["loader"])
 
 
 def _epoch_len(loader: Any, epochs: int) -> int | None:
@@ -314,12 +446,13 @@ def _epoch_len(loader: Any, epochs: int) -> int | None:
         return None
 
 
-def _progress(total: int | None, enabled: bool) -> Any:
+def _progress(total: int | None, enabled: bool, initial: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="constrained fit", unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="constrained fit", unit="step",
+                dynamic_ncols=True)
 
 
 def _move(problem: DerivativeProblem, device: torch.device | str) -> None:
