@@ -19,7 +19,11 @@ Methods (``method=``):
 ``"auto"``
     ``"reverse"`` when ``m <= k`` (``k`` requested columns), otherwise
     ``"double_backward"``. On any failure of a torch.func path the engine falls back to
-    autograd and warns with :class:`FallbackWarning`.
+    double backward, and where an op has no double backward (``torch.cdist``) to
+    ``"reverse"``, warning with :class:`FallbackWarning`.
+
+For a model that couples the samples (BatchNorm in training mode) every method returns the
+exact per-sample columns by reverse mode, at ``B`` times the cost (see :mod:`._common`).
 """
 
 from __future__ import annotations
@@ -30,18 +34,22 @@ import torch
 from torch.func import jvp, vmap
 
 from constrained_grad.derivatives._common import (
+    COUPLING_MESSAGE,
     Fn,
     Forward,
     batched_vjp,
     check_batch,
+    check_func_result,
     check_indices,
     forward,
     has_train_mode_batchnorm,
+    prepare_forward_ad,
     unit_vectors,
     warn_fallback,
+    watch_coupling,
 )
 from constrained_grad.derivatives.diagnostics import grad as checked_grad
-from constrained_grad.errors import GraphCutError, InputValidationError
+from constrained_grad.errors import EngineError, GraphCutError, InputValidationError
 
 ColumnMethod = Literal["auto", "double_backward", "forward", "reverse"]
 COLUMN_METHODS = ("auto", "double_backward", "forward", "reverse")
@@ -55,7 +63,14 @@ def choose_column_method(n_outputs: int, n_columns: int) -> str:
 def columns_from_forward(
     fwd: Forward, inputs: list[int], *, method: str, create_graph: bool, who: str
 ) -> tuple[torch.Tensor, str]:
-    """Columns from a kept forward pass (autograd methods only). Returns ``(B, m, k)``."""
+    """Columns from a kept forward pass (autograd methods only). Returns ``(B, m, k)``.
+
+    A forward pass that couples the samples always takes ``"reverse"``: double backward
+    through train-mode BatchNorm is right, but gradients of it w.r.t. the parameters are
+    third-order derivatives, which torch computes wrongly (pytorch/pytorch#186256).
+    """
+    if fwd.coupled:
+        method = "reverse"
     if method == "reverse":
         vectors = unit_vectors(list(range(fwd.n_outputs)), fwd.n_outputs, fwd.y)
         vectors = vectors.unsqueeze(1).expand(-1, fwd.batch, -1)  # (m, B, m)
@@ -63,37 +78,39 @@ def columns_from_forward(
         rows = rows.reshape(fwd.n_outputs, fwd.batch, -1)[:, :, inputs]  # (m, B, k)
         return rows.permute(1, 0, 2), path
     if method != "double_backward":
-        raise InputValidationError(f"{who}: method {method!r} cannot reuse a forward pass. "
-                                   "Use 'double_backward' or 'reverse'.")
+        raise InputValidationError(
+            f"{who}: method {method!r} cannot reuse a forward pass. "
+            "Use 'double_backward' or 'reverse'."
+        )
     u = torch.zeros_like(fwd.y, requires_grad=True)
     g = checked_grad(fwd.y, fwd.x, u, create_graph=True, who=who).reshape(fwd.batch, -1)
-    selected = g[:, inputs]  # (B, k): sum_i u_bi J_bij
-    if len(inputs) == 1:
-        col = checked_grad(selected, u, torch.ones_like(selected), create_graph=create_graph,
-                           who=who)
-        return col.unsqueeze(-1), "double_backward"
-    k = len(inputs)
-    seeds = torch.eye(k, dtype=g.dtype, device=g.device).unsqueeze(1).expand(k, fwd.batch, k)
+    # selected[b, j] = sum_{b', i} u_{b'i} dy_{b'i}/dx_{bj}: linear in u, so its VJP with the
+    # seed e_j on every sample, taken w.r.t. u, is column j of every sample at once.
+    inner = Forward(x=u, y=g[:, inputs], out_shape=(len(inputs),), coupled=fwd.coupled)
+    seeds = unit_vectors(list(range(len(inputs))), len(inputs), g)
+    seeds = seeds.unsqueeze(1).expand(-1, fwd.batch, -1)  # (k, B, k)
     try:
-        cols = checked_grad(selected, u, seeds, create_graph=create_graph, batched=True, who=who)
-        path = "double_backward"
-    except GraphCutError:
-        raise
-    except RuntimeError as err:
-        warn_fallback(who, "vmapped double backward", "a loop over columns", err)
-        cols = torch.stack([checked_grad(selected, u, s, create_graph=create_graph, who=who)
-                            for s in seeds])
-        path = "double_backward_loop"
-    return cols.permute(1, 2, 0), path  # (B, m, k)
+        cols, path = batched_vjp(inner, seeds, create_graph=create_graph, who=who)  # (k, B, m)
+    except GraphCutError as err:
+        # y depends on x (the first pass worked), so u is lost inside the backward pass itself
+        raise EngineError(
+            f"{who}: the backward pass of this model is not differentiable (got a gradient that "
+            "does not depend on its cotangent), so double backward cannot give columns. An "
+            "autograd.Function marked @once_differentiable or computing its backward outside "
+            "torch is the usual cause; use method='reverse' or make the backward differentiable."
+        ) from err
+    return cols.permute(1, 2, 0), path.replace("reverse", "double_backward")
 
 
 def _columns_forward_mode(f: Fn, x: torch.Tensor, inputs: list[int]) -> torch.Tensor:
+    prepare_forward_ad()
+    x = x.contiguous()  # forward AD cannot pair a tangent with an expanded primal
     in_shape = x.shape[1:]
     d = x[0].numel()
     tangents = unit_vectors(inputs, d, x).reshape(len(inputs), 1, *in_shape)
 
     def column(t: torch.Tensor) -> torch.Tensor:
-        _, out = jvp(f, (x,), (t.expand_as(x),))
+        out: torch.Tensor = jvp(f, (x,), (t.expand_as(x),))[1]
         return out.reshape(x.shape[0], -1)
 
     if len(inputs) == 1:
@@ -145,27 +162,39 @@ def columns_with_path(
     """:func:`jacobian_columns` that also says which path ran (and may reuse ``fwd``)."""
     who = "jacobian_columns"
     if method not in COLUMN_METHODS:
-        raise InputValidationError(f"{who}: unknown method {method!r}. "
-                                   f"Choose one of {COLUMN_METHODS}.")
+        raise InputValidationError(
+            f"{who}: unknown method {method!r}. Choose one of {COLUMN_METHODS}."
+        )
     idx = [inputs] if isinstance(inputs, int) else list(inputs)
     if method == "forward" and not has_train_mode_batchnorm(f):
         if fwd is None:
             check_batch(x, who)
         idx = check_indices(idx, x[0].numel(), "input", who)
         try:
-            return _columns_forward_mode(f, x, idx), "forward"
+            with watch_coupling(refuse=True):
+                cols = _columns_forward_mode(f, x, idx)
         except GraphCutError:
             raise
         except (RuntimeError, NotImplementedError) as err:
             warn_fallback(who, "forward-mode AD (torch.func.jvp)", "double backward", err)
             method = "double_backward"
+        else:
+            check_func_result(f, x, cols, create_graph=create_graph, who=who)
+            return (cols if create_graph else cols.detach()), "forward"
     elif method == "forward":
-        warn_fallback(who, "forward-mode AD", "double backward",
-                      RuntimeError("BatchNorm in training mode cannot run under torch.func"))
+        warn_fallback(who, "forward-mode AD", "double backward", RuntimeError(COUPLING_MESSAGE))
         method = "double_backward"
     if fwd is None:
         fwd = forward(f, x, who)
     idx = check_indices(idx, fwd.n_inputs, "input", who)
     if method == "auto":
         method = choose_column_method(fwd.n_outputs, len(idx))
-    return columns_from_forward(fwd, idx, method=method, create_graph=create_graph, who=who)
+    if method == "reverse":
+        return columns_from_forward(fwd, idx, method=method, create_graph=create_graph, who=who)
+    try:
+        return columns_from_forward(fwd, idx, method=method, create_graph=create_graph, who=who)
+    except GraphCutError:
+        raise
+    except RuntimeError as err:  # an op without a double backward (e.g. torch.cdist)
+        warn_fallback(who, "double backward", "one reverse pass per output", err)
+        return columns_from_forward(fwd, idx, method="reverse", create_graph=create_graph, who=who)

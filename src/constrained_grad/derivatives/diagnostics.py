@@ -47,8 +47,9 @@ PARAMETER_CUT_HINT = (
 def require_graph(outputs: torch.Tensor, who: str) -> None:
     """Raise :class:`GraphCutError` if ``outputs`` carries no autograd graph."""
     if not outputs.requires_grad:
-        raise GraphCutError(f"{who}: outputs carry no autograd graph (got requires_grad=False). "
-                            + NO_GRAPH_HINT)
+        raise GraphCutError(
+            f"{who}: outputs carry no autograd graph (got requires_grad=False). " + NO_GRAPH_HINT
+        )
 
 
 def grad(
@@ -83,18 +84,49 @@ def grad(
     return g
 
 
+def _reaches(value: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:
+    """Whether the autograd graph of ``value`` has a leaf among ``targets`` (a graph walk)."""
+    ids = {id(t) for t in targets}
+    if id(value) in ids:
+        return True
+    stack = [value.grad_fn]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        leaf = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        if leaf is not None and id(leaf) in ids:
+            return True
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return False
+
+
 def check_depends_on_parameters(
     value: torch.Tensor, parameters: Iterable[torch.nn.Parameter], who: str
 ) -> None:
     """Raise :class:`GraphCutError` when ``value`` cannot carry gradients to ``parameters``.
 
     Only trainable parameters count; a model without any passes trivially. The check is
-    structural (``requires_grad``/``grad_fn``) and costs nothing at run time.
+    structural: ``requires_grad``, then a walk of the autograd graph of ``value`` looking for
+    the parameters (a derivative usually requires grad through the inputs alone, so
+    ``requires_grad`` by itself would miss parameters detached inside the model). It costs
+    one pass over the graph nodes, no arithmetic.
     """
     trainable = [p for p in parameters if p.requires_grad]
-    if trainable and not value.requires_grad:
-        raise GraphCutError(f"{who}: derivative has no path to the {len(trainable)} trainable "
-                            f"parameter tensor(s) (got requires_grad=False). {PARAMETER_CUT_HINT}")
+    if not trainable:
+        return
+    if not value.requires_grad:
+        raise GraphCutError(
+            f"{who}: derivative has no path to the {len(trainable)} trainable "
+            f"parameter tensor(s) (got requires_grad=False). {PARAMETER_CUT_HINT}"
+        )
+    if not _reaches(value, trainable):
+        raise GraphCutError(
+            f"{who}: derivative has no path to the {len(trainable)} trainable "
+            f"parameter tensor(s) (got a graph that reaches none of them). {PARAMETER_CUT_HINT}"
+        )
 
 
 def check_independent_of_parameters_numerically(
@@ -111,5 +143,7 @@ def check_independent_of_parameters_numerically(
     check_depends_on_parameters(value, trainable, who)
     grads = torch.autograd.grad(value.sum(), trainable, retain_graph=True, allow_unused=True)
     if all(g is None or not bool(torch.any(g != 0)) for g in grads):
-        raise GraphCutError(f"{who}: gradient of the derivative w.r.t. every parameter is zero "
-                            f"(got {len(trainable)} parameter tensors). {PARAMETER_CUT_HINT}")
+        raise GraphCutError(
+            f"{who}: gradient of the derivative w.r.t. every parameter is zero "
+            f"(got {len(trainable)} parameter tensors). {PARAMETER_CUT_HINT}"
+        )

@@ -22,7 +22,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 from constrained_grad.constraints.needs import Needs
-from constrained_grad.derivatives._common import Fn, Forward, batched_vjp, forward, wrap_forward
+from constrained_grad.derivatives._common import (
+    Fn,
+    Forward,
+    batched_vjp,
+    forward,
+    has_train_mode_batchnorm,
+    wrap_forward,
+)
 from constrained_grad.derivatives.columns import columns_with_path
 from constrained_grad.derivatives.jacobian import jacobian_with_path
 from constrained_grad.derivatives.norms import fro_sq_with_path, sphere_vectors
@@ -194,7 +201,7 @@ def evaluate(
             raise EngineError("evaluate: outputs were given but x does not require grad, so they "
                               "cannot have been computed from it. Call x.requires_grad_() "
                               "before the forward pass, or omit outputs.")
-        fwd = wrap_forward(x, outputs, "evaluate")
+        fwd = wrap_forward(x, outputs, "evaluate", coupled=has_train_mode_batchnorm(f))
     return DerivativeValues(f, fwd, needs, create_graph=create_graph, generator=generator,
                             column_method=column_method, index=index)
 

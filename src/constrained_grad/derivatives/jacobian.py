@@ -4,8 +4,10 @@ The answer to the forum question "compute per-sample Jacobians over a batch, cor
 fast": ``torch.func.vmap`` over the batch of ``jacrev`` (reverse mode, ``m`` VJPs: best when
 outputs are fewer than inputs) or ``jacfwd`` (forward mode, ``d`` JVPs: best when inputs are
 fewer), chosen by shape. ``chunk_size`` bounds memory by vmapping over at most that many
-basis vectors at a time. Models torch.func cannot run (BatchNorm in training mode, in-place
-updates of captured state) fall back to autograd with one batched VJP per output.
+basis vectors at a time. Models torch.func cannot run (in-place updates of captured state,
+random ops such as dropout, ``nn.LSTM`` under vmap) fall back to autograd with one batched VJP
+per output; BatchNorm in training mode couples the samples and gets the exact per-sample
+blocks of the batch Jacobian, one backward pass per sample and output.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import torch
 from torch.func import jacfwd, jacrev, vmap
 
 from constrained_grad.derivatives._common import (
+    COUPLING_MESSAGE,
     Fn,
     Forward,
     check_batch,
+    check_func_result,
     forward,
     has_train_mode_batchnorm,
+    prepare_forward_ad,
     warn_fallback,
+    watch_coupling,
 )
 from constrained_grad.derivatives.rows import rows_from_forward
 from constrained_grad.errors import GraphCutError, InputValidationError
@@ -41,6 +47,8 @@ def _per_sample(f: Fn) -> Fn:
 
 def _func_jacobian(f: Fn, x: torch.Tensor, mode: str, chunk_size: int | None) -> torch.Tensor:
     single = _per_sample(f)
+    prepare_forward_ad()
+    x = x.contiguous()  # forward AD cannot pair a tangent with an expanded primal
     if mode == "reverse":
         jac = jacrev(single, chunk_size=chunk_size)
     else:
@@ -62,8 +70,9 @@ def _chunked_jacfwd(single: Fn, chunk_size: int) -> Fn:
 
 
 def _autograd_jacobian(fwd: Forward, create_graph: bool, who: str) -> tuple[torch.Tensor, str]:
-    rows, path = rows_from_forward(fwd, list(range(fwd.n_outputs)), create_graph=create_graph,
-                                   who=who)
+    rows, path = rows_from_forward(
+        fwd, list(range(fwd.n_outputs)), create_graph=create_graph, who=who
+    )
     return rows, "autograd_" + path  # (B, m, d)
 
 
@@ -92,8 +101,9 @@ def batch_jacobian(
         >>> J.shape, torch.allclose(J[1], lin.weight)
         (torch.Size([4, 2, 3]), True)
     """
-    values, _ = jacobian_with_path(f, x, mode=mode, chunk_size=chunk_size,
-                                   create_graph=create_graph)
+    values, _ = jacobian_with_path(
+        f, x, mode=mode, chunk_size=chunk_size, create_graph=create_graph
+    )
     return values
 
 
@@ -110,31 +120,34 @@ def jacobian_with_path(
     who = "batch_jacobian"
     if mode not in JACOBIAN_MODES:
         raise InputValidationError(f"{who}: unknown mode {mode!r}. Choose one of {JACOBIAN_MODES}.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise InputValidationError(f"{who}: chunk_size must be a positive int or None "
-                                   f"(got {chunk_size!r}).")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise InputValidationError(
+            f"{who}: chunk_size must be a positive int or None (got {chunk_size!r})."
+        )
     check_batch(x, who)
     in_shape = tuple(x.shape[1:])
     if mode != "autograd" and not has_train_mode_batchnorm(f):
-        d = x[0].numel()
-        if mode == "auto":
-            with torch.no_grad():
-                m = f(x[:1]).numel()
-            mode = choose_jacobian_mode(d, m)
         try:
-            jac = _func_jacobian(f, x, mode, chunk_size)
+            with watch_coupling(refuse=True):
+                if mode == "auto":
+                    if fwd is not None:
+                        m = fwd.n_outputs
+                    else:
+                        with torch.no_grad():
+                            m = f(x[:1]).numel()
+                    mode = choose_jacobian_mode(x[0].numel(), m)
+                jac = _func_jacobian(f, x, mode, chunk_size)
         except GraphCutError:
             raise
         except (RuntimeError, NotImplementedError) as err:
             warn_fallback(who, f"torch.func ({mode} mode)", "autograd", err)
         else:
-            if not create_graph:
-                jac = jac.detach()
-            return jac, mode
+            check_func_result(f, x, jac, create_graph=create_graph, who=who)
+            return (jac if create_graph else jac.detach()), mode
     elif mode != "autograd":
-        warn_fallback(who, "torch.func", "autograd (per-sample cross terms of BatchNorm included)",
-                      RuntimeError("BatchNorm in training mode cannot run under torch.func"))
+        warn_fallback(who, "torch.func", "autograd", RuntimeError(COUPLING_MESSAGE))
     if fwd is None:
         fwd = forward(f, x, who)
     rows, path = _autograd_jacobian(fwd, create_graph, who)

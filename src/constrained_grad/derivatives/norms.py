@@ -27,12 +27,17 @@ import torch
 from torch.func import jvp, vmap
 
 from constrained_grad.derivatives._common import (
+    COUPLING_MESSAGE,
     Fn,
     Forward,
     batched_vjp,
+    check_batch,
+    check_func_result,
     forward,
     has_train_mode_batchnorm,
+    prepare_forward_ad,
     warn_fallback,
+    watch_coupling,
 )
 from constrained_grad.derivatives.jacobian import jacobian_with_path
 from constrained_grad.derivatives.rows import rows_from_forward
@@ -61,11 +66,14 @@ def gaussian_tangents(
 
 def validate_estimator(estimator: str, samples: int, who: str) -> None:
     if estimator not in ESTIMATORS:
-        raise InputValidationError(f"{who}: unknown estimator {estimator!r}. "
-                                   f"Choose one of {ESTIMATORS}.")
+        raise InputValidationError(
+            f"{who}: unknown estimator {estimator!r}. Choose one of {ESTIMATORS}."
+        )
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InputValidationError(f"{who}: samples must be a positive int (got {samples!r}). "
-                                   "One projection per sample is usually enough.")
+        raise InputValidationError(
+            f"{who}: samples must be a positive int (got {samples!r}). "
+            "One projection per sample is usually enough."
+        )
 
 
 def fro_sq_with_path(
@@ -81,24 +89,34 @@ def fro_sq_with_path(
     """Per-sample ``(B,)`` estimate of :math:`\\|J_b\\|_F^2` and the path that ran."""
     who = "jacobian_fro_norm_sq"
     validate_estimator(estimator, samples, who)
+    check_batch(x, who)
     if estimator == "exact":
-        if fwd is not None and fwd.n_outputs <= 4 * samples:  # few outputs: rows from the kept pass
-            rows, path = rows_from_forward(fwd, list(range(fwd.n_outputs)),
-                                           create_graph=create_graph, who=who)
+        if fwd is not None and fwd.n_outputs <= fwd.n_inputs:  # reverse mode on the kept pass
+            rows, path = rows_from_forward(
+                fwd, list(range(fwd.n_outputs)), create_graph=create_graph, who=who
+            )
             return rows.pow(2).sum(dim=(1, 2)), path
         jac, path = jacobian_with_path(f, x, create_graph=create_graph, fwd=fwd)
         return jac.reshape(jac.shape[0], -1).pow(2).sum(dim=1), path
     if estimator == "jvp_gaussian" and not has_train_mode_batchnorm(f):
+        prepare_forward_ad()
+        x = x.contiguous()  # forward AD cannot pair a tangent with an expanded primal
         tangents = gaussian_tangents(samples, x, generator)
         try:
-            out = vmap(lambda t: jvp(f, (x,), (t,))[1])(tangents)  # (S, B, *out)
+            with watch_coupling(refuse=True):
+                out = vmap(lambda t: jvp(f, (x,), (t,))[1])(tangents)  # (S, B, *out)
         except GraphCutError:
             raise
         except (RuntimeError, NotImplementedError) as err:
             warn_fallback(who, "forward-mode AD", "the vjp_sphere estimator", err)
         else:
             est = out.reshape(samples, x.shape[0], -1).pow(2).sum(-1).mean(0)
+            check_func_result(f, x, est, create_graph=create_graph, who=who)
             return (est if create_graph else est.detach()), "jvp_gaussian"
+    elif estimator == "jvp_gaussian":
+        warn_fallback(
+            who, "forward-mode AD", "the vjp_sphere estimator", RuntimeError(COUPLING_MESSAGE)
+        )
     if fwd is None:
         fwd = forward(f, x, who)
     v = sphere_vectors(samples, fwd.batch, fwd.n_outputs, fwd.y, generator)
@@ -129,8 +147,9 @@ def jacobian_fro_norm_sq(
         >>> torch.allclose(fro, lin.weight.pow(2).sum().expand(4))
         True
     """
-    return fro_sq_with_path(f, x, estimator=estimator, samples=samples, generator=generator,
-                            create_graph=create_graph)[0]
+    return fro_sq_with_path(
+        f, x, estimator=estimator, samples=samples, generator=generator, create_graph=create_graph
+    )[0]
 
 
 def input_gradient_norm(f: Fn, x: torch.Tensor, *, create_graph: bool = True) -> torch.Tensor:
@@ -139,6 +158,7 @@ def input_gradient_norm(f: Fn, x: torch.Tensor, *, create_graph: bool = True) ->
     The quantity a Lipschitz bound :math:`\|\nabla_x f_i\| \le L` constrains.
     """
     fwd = forward(f, x, "input_gradient_norm")
-    rows, _ = rows_from_forward(fwd, list(range(fwd.n_outputs)), create_graph=create_graph,
-                                who="input_gradient_norm")
+    rows, _ = rows_from_forward(
+        fwd, list(range(fwd.n_outputs)), create_graph=create_graph, who="input_gradient_norm"
+    )
     return rows.pow(2).sum(-1).clamp_min(torch.finfo(rows.dtype).tiny).sqrt()

@@ -58,8 +58,9 @@ def rows_with_path(
     if outputs is None:
         idx = list(range(fwd.n_outputs))
     else:
-        idx = check_indices([outputs] if isinstance(outputs, int) else list(outputs),
-                            fwd.n_outputs, "output", who)
+        idx = check_indices(
+            [outputs] if isinstance(outputs, int) else list(outputs), fwd.n_outputs, "output", who
+        )
     return rows_from_forward(fwd, idx, create_graph=create_graph, who=who)
 
 
@@ -76,6 +77,7 @@ def input_gradient(f: Fn, x: torch.Tensor, *, create_graph: bool = True) -> torc
         raise InputValidationError(
             f"input_gradient: model has {fwd.n_outputs} outputs per sample (got output shape "
             f"{(fwd.batch, *fwd.out_shape)}). Use jacobian_rows(f, x, outputs=[i]) for one row, "
-            "or jacobian_fro_norm_sq for a norm.")
+            "or jacobian_fro_norm_sq for a norm."
+        )
     rows, _ = rows_from_forward(fwd, [0], create_graph=create_graph, who="input_gradient")
     return rows[:, 0].reshape(x.shape)
