@@ -46,6 +46,15 @@ from constrained_grad.derivatives import (
 from constrained_grad.history import History, plot_history, plot_partial_dependence
 from constrained_grad.problem import DerivativeProblem, with_indices
 from constrained_grad.training import FitResult, StepInfo, Trainer, fit
+from constrained_grad.verify import (
+    Counterexamples,
+    VerificationReport,
+    adversarial_search,
+    certify_derivative_sign,
+    certify_monotonic,
+    sample_search,
+    verify,
+)
 
 __version__ = "0.1.0"
 
@@ -55,6 +64,7 @@ __all__ = [
     "Between",
     "Box",
     "Concave",
+    "Counterexamples",
     "Convex",
     "Custom",
     "DerivativeBound",
@@ -74,7 +84,11 @@ __all__ = [
     "QuadraticPenalty",
     "StepInfo",
     "Trainer",
+    "VerificationReport",
+    "adversarial_search",
     "batch_jacobian",
+    "certify_derivative_sign",
+    "certify_monotonic",
     "derivatives",
     "errors",
     "fit",
@@ -85,6 +99,8 @@ __all__ = [
     "jacobian_rows",
     "plot_history",
     "plot_partial_dependence",
+    "sample_search",
     "second_derivatives",
+    "verify",
     "with_indices",
 ]

@@ -13,7 +13,7 @@ or ``None`` where points have no identity (fresh random samples).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -45,6 +45,11 @@ class PointSource:
 
     def check_inputs(self, n_inputs: int, who: str) -> None:
         """Raise if this source produces points of another width than the model takes."""
+
+    def attach(self, violations: Callable[[torch.Tensor, bool], torch.Tensor]) -> None:
+        """Called by the problem for each constraint using this source with a function
+        ``violations(x, graph_in_x) -> (B, C)`` of the current model. Sources that search
+        for points (counterexample-guided training) keep it; others ignore it."""
 
 
 class OnBatch(PointSource):

@@ -17,7 +17,9 @@ records which engine path produced each quantity.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -58,6 +60,7 @@ class DerivativeValues:
         generator: torch.Generator | None = None,
         column_method: str = "auto",
         index: torch.Tensor | None = None,
+        graph_in_x: bool = False,
     ) -> None:
         self.f = f
         self._fwd = fwd
@@ -66,6 +69,8 @@ class DerivativeValues:
         self.generator = generator
         self.column_method = column_method
         self.index = index
+        # torch.func paths see a detached copy unless derivatives must depend on x itself
+        self._func_x = fwd.x if graph_in_x else fwd.x.detach()
         self.paths: dict[str, str] = {}
         self._columns: dict[int, torch.Tensor] = {}
         self._rows: dict[int, torch.Tensor] = {}
@@ -90,7 +95,7 @@ class DerivativeValues:
     def jacobian(self) -> torch.Tensor:
         """Per-sample Jacobians ``(B, m, d)``."""
         if self._jacobian is None:
-            jac, path = jacobian_with_path(self.f, self.x.detach(), create_graph=self.create_graph,
+            jac, path = jacobian_with_path(self.f, self._func_x, create_graph=self.create_graph,
                                            fwd=self._fwd)
             self._jacobian = jac.reshape(self.batch, self._fwd.n_outputs, self._fwd.n_inputs)
             self.paths["jacobian"] = path
@@ -154,7 +159,7 @@ class DerivativeValues:
                 self._fro[key] = vj.pow(2).sum(-1).mean(0)
                 self.paths[f"fro_{estimator}"] = self.paths["projections"]
             else:
-                value, path = fro_sq_with_path(self.f, self.x.detach(), estimator=estimator,
+                value, path = fro_sq_with_path(self.f, self._func_x, estimator=estimator,
                                                samples=samples, generator=self.generator,
                                                create_graph=self.create_graph, fwd=self._fwd)
                 self._fro[key] = value
@@ -166,7 +171,7 @@ class DerivativeValues:
         missing = [j for j in inputs if j not in self._second]
         if missing:
             wanted = sorted(set(missing) | (set(self.needs.second) - set(self._second)))
-            sec, path = second_with_path(self.f, self.x.detach(), wanted,
+            sec, path = second_with_path(self.f, self._func_x, wanted,
                                          create_graph=self.create_graph, fwd=self._fwd)
             for k, j in enumerate(wanted):
                 self._second[j] = sec[:, :, k]
@@ -184,6 +189,7 @@ def evaluate(
     generator: torch.Generator | None = None,
     column_method: str = "auto",
     index: torch.Tensor | None = None,
+    graph_in_x: bool = False,
 ) -> DerivativeValues:
     """Prepare the shared derivative computation of ``f`` at ``x`` for ``needs``.
 
@@ -193,6 +199,9 @@ def evaluate(
         create_graph: keep derivatives differentiable w.r.t. parameters (training).
         generator: CPU generator for random projections (reproducible runs).
         index: stable ids of the points, passed through for pointwise constraints.
+        graph_in_x: keep every derivative differentiable with respect to ``x`` itself
+            (``x`` must then be the tensor ``outputs`` were computed from), as the
+            adversarial search of :func:`constrained_grad.verify` needs.
     """
     if outputs is None:
         fwd = forward(f, x, "evaluate")
@@ -203,7 +212,7 @@ def evaluate(
                               "before the forward pass, or omit outputs.")
         fwd = wrap_forward(x, outputs, "evaluate", coupled=has_train_mode_batchnorm(f))
     return DerivativeValues(f, fwd, needs, create_graph=create_graph, generator=generator,
-                            column_method=column_method, index=index)
+                            column_method=column_method, index=index, graph_in_x=graph_in_x)
 
 
 def prefetch(values: DerivativeValues) -> DerivativeValues:
@@ -225,3 +234,55 @@ def prefetch(values: DerivativeValues) -> DerivativeValues:
 
 
 ValuesFn = Callable[[DerivativeValues], torch.Tensor]
+
+
+@contextlib.contextmanager
+def frozen_eval(model: Any) -> Iterator[None]:
+    """Eval mode and parameters without grad for the duration; both restored afterwards.
+
+    What evaluating a constraint *on* a model (not for training it) wants: no dropout noise,
+    running BatchNorm statistics, and no parameter graph built.
+    """
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    modes = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in grads:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
+
+
+def constraint_violations(
+    f: Fn, constraint: Any, x: torch.Tensor, *, graph_in_x: bool = False,
+    column_method: str = "auto",
+) -> torch.Tensor:
+    """``(B, C)`` violations of a resolved constraint for model ``f`` at points ``x``.
+
+    With ``graph_in_x=True`` the result stays differentiable with respect to ``x`` (what a
+    gradient search for counterexamples needs); otherwise it is detached and no parameter
+    graph is built. Constraints whose targets come from a batch cannot be evaluated here.
+    The model runs in eval mode with frozen parameters (:func:`frozen_eval`).
+    """
+    with frozen_eval(f):
+        return _constraint_violations(f, constraint, x, graph_in_x, column_method)
+
+
+def _constraint_violations(
+    f: Fn, constraint: Any, x: torch.Tensor, graph_in_x: bool, column_method: str
+) -> torch.Tensor:
+    if graph_in_x:
+        with torch.enable_grad():
+            xr = x if x.requires_grad else x.detach().requires_grad_(True)
+            values = evaluate(f, xr, constraint.needs, outputs=f(xr), create_graph=True,
+                              graph_in_x=True, column_method=column_method)
+            return constraint.violations(values, None)
+    values = evaluate(f, x, constraint.needs, create_graph=False, column_method=column_method)
+    return constraint.violations(values, None).detach()

@@ -36,7 +36,7 @@ from constrained_grad.constraints import (
 )
 from constrained_grad.constraints.points import check_batch_index
 from constrained_grad.derivatives import evaluate
-from constrained_grad.derivatives.engine import DerivativeValues
+from constrained_grad.derivatives.engine import DerivativeValues, constraint_violations
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 from constrained_grad.problem.batch import Batch, as_batch
 
@@ -159,13 +159,20 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             if name in self.specs:
                 raise ConstraintSpecError(f"{who}: two constraints are named {name!r}. Give each a "
                                           "unique name=.")
-            c.resolve(self.n_inputs, self.n_outputs)
+            try:
+                c.resolve(self.n_inputs, self.n_outputs)
+            except ConstraintSpecError as err:
+                if c.name is not None:  # the message already starts with the name
+                    raise
+                # unnamed: say which of possibly several constraints of one kind failed
+                raise ConstraintSpecError(f"{name}: {err}") from err
             if c.reduction == "pointwise" and not c.formulation.uses_multiplier:
                 raise ConstraintSpecError(f"{name}: pointwise reduction needs a multiplier; "
                                           f"{type(c.formulation).__name__} has none. Use an "
                                           "aggregate reduction.")
             self.specs[name] = c
             setattr(self, name, self._make_cooper_constraint(c))
+            c.where.attach(self._violations_for(name))
         # constraints enforced at the same points share one engine computation
         self._groups: dict[object, list[str]] = {}
         for name, c in self.specs.items():
@@ -279,6 +286,16 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             return cooper.ConstraintState(violation=g.reshape(-1), constraint_features=ids)
         primal, dual = reduce_violations(g, c.reduction)
         return cooper.ConstraintState(violation=primal, strict_violation=dual)
+
+    def _violations_for(self, name: str) -> Callable[[torch.Tensor, bool], torch.Tensor]:
+        """``(x, graph_in_x) -> (B, C)`` violations of one constraint for point searches."""
+        spec = self.specs[name]
+
+        def violations(x: torch.Tensor, graph_in_x: bool) -> torch.Tensor:
+            return constraint_violations(self.model, spec, x, graph_in_x=graph_in_x,
+                                         column_method=self.column_method)
+
+        return violations
 
     # -- introspection ---------------------------------------------------------------------
     def multiplier_values(self) -> dict[str, torch.Tensor]:

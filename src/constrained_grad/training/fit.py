@@ -35,7 +35,8 @@ from constrained_grad.history import History
 from constrained_grad.problem import DerivativeProblem
 from constrained_grad.training import checkpoint
 from constrained_grad.training.dual import DualFactory, build_dual_optimizer
-from constrained_grad.training.stats import FIELDS, SMALL_MULTIPLIER, constraint_stats
+from constrained_grad.training.lagrangian import StepLagrangian
+from constrained_grad.training.stats import FIELDS, StepStats
 
 
 @dataclass
@@ -118,6 +119,12 @@ class Trainer:
         self.step_count = len(self.history)
         self.skipped = 0
         self._multipliers = {n: c.multiplier for n, c in problem.named_constraints()}
+        self._stepped_multipliers = [self._multipliers[n] for n in self.dual_names]
+        self._dual_weights = [m.weight for m in self._stepped_multipliers]
+        self._steps_dual = self.dual_optimizer is not None
+        self._lagrangian = StepLagrangian(problem)
+        self._packer = StepStats(self.names, {
+            n: (m.weight if m is not None else None) for n, m in self._multipliers.items()})
         # entries of a history row that must be finite, with their names for messages
         self._labels = ["loss", "Lagrangian"] + [f"{n}/{f}" for n in self.names for f in FIELDS]
         self._finite_idx = [1] if problem.loss_fn is None else [0, 1]
@@ -128,64 +135,50 @@ class Trainer:
 
     def _zero_grad(self) -> None:
         self.primal_optimizer.zero_grad(set_to_none=True)
-        if self.dual_optimizer is not None:
-            self.dual_optimizer.zero_grad(set_to_none=True)
+        for weight in self._dual_weights:
+            weight.grad = None
 
     def step(self, batch: Any, epoch: int = 0) -> list[float]:
         """One primal-dual step; returns the flat history row that was logged."""
-        problem = self.problem
         self._zero_grad()
-        state = problem.compute_cmp_state(batch)
-        primal = state.compute_primal_lagrangian()
-        dual = state.compute_dual_lagrangian() if self.update == "simultaneous" else None
-        row_t = self._stats(state.loss, primal.lagrangian)
-        row = row_t.tolist()
+        state = self.problem.compute_cmp_state(batch)
+        simultaneous = self.update == "simultaneous"
+        primal, dual = self._lagrangian(state, dual=simultaneous and self._steps_dual)
+        violations = {n: e.violations for n, e in self.problem.last_evals.items()}
+        flat = self._packer.pack(state.loss, primal, violations).tolist()
+        row, small = self._packer.unpack(flat)
         if not all(math.isfinite(row[i]) for i in self._finite_idx):
             self._nonfinite(row, epoch)  # raises unless on_nonfinite="skip"
             self.skipped += 1
             return row
-        total = primal.lagrangian
-        if dual is not None and dual.lagrangian is not None:
-            total = total + dual.lagrangian if total is not None else dual.lagrangian
+        total = primal
+        if dual is not None:
+            total = dual if total is None else total + dual
         if total is not None and total.requires_grad:
             total.backward()
         self.primal_optimizer.step()
-        if self.update == "alternating":
-            self._alternating_dual(batch)
-        elif self.dual_optimizer is not None:
-            self.dual_optimizer.step()
-            for name in self.dual_names:
-                self._multipliers[name].post_step_()
-        self.history.log_step(self.step_count, epoch, time.perf_counter() - self._t0, row,
-                              self._small_multipliers())
+        if self._steps_dual:
+            if not simultaneous:
+                self._alternating_dual(batch)
+            self._dual_step()
+        self.history.log_step(self.step_count, epoch, time.perf_counter() - self._t0, row, small)
         self.step_count += 1
         return row
 
-    def _alternating_dual(self, batch: Any) -> None:
-        if self.dual_optimizer is None:
-            return
-        self.dual_optimizer.zero_grad(set_to_none=True)
-        state = self.problem.compute_cmp_state(batch, create_graph=False)
-        dual = state.compute_dual_lagrangian()
-        if dual.lagrangian is not None:
-            dual.lagrangian.backward()
-            self.dual_optimizer.step()
-            for name in self.dual_names:
-                self._multipliers[name].post_step_()
+    def _dual_step(self) -> None:
+        assert self.dual_optimizer is not None
+        self.dual_optimizer.step()
+        for multiplier in self._stepped_multipliers:
+            multiplier.post_step_()
 
-    def _stats(self, loss: torch.Tensor | None, lagrangian: torch.Tensor | None) -> torch.Tensor:
-        evals = self.problem.last_evals
-        ref = next(iter(evals.values())).violations if evals else (loss if loss is not None
-                                                                   else torch.zeros(()))
-        nan = torch.tensor(float("nan"), dtype=ref.dtype, device=ref.device)
-        head = [loss.detach().to(ref.dtype) if loss is not None else nan,
-                lagrangian.detach().to(ref.dtype) if lagrangian is not None else nan]
-        parts = [torch.stack(head)]
-        for name in self.names:
-            mult = self._multipliers[name]
-            weight = mult.weight.detach() if mult is not None else None
-            parts.append(constraint_stats(evals[name].violations, weight))
-        return torch.cat(parts)
+    def _alternating_dual(self, batch: Any) -> None:
+        """Dual gradients from violations re-evaluated at the new weights (grad enabled)."""
+        for weight in self._dual_weights:
+            weight.grad = None
+        state = self.problem.compute_cmp_state(batch, create_graph=False)
+        _, dual = self._lagrangian(state, primal=False, dual=True)
+        if dual is not None:
+            dual.backward()
 
     def _nonfinite(self, row: list[float], epoch: int) -> None:
         what = [self._labels[i] for i in self._finite_idx if not math.isfinite(row[i])]
@@ -196,15 +189,6 @@ class Trainer:
                "pass on_nonfinite='skip' to skip such steps.")
         if self.on_nonfinite == "raise":
             raise NonFiniteError(msg)
-
-    def _small_multipliers(self) -> dict[str, list[float]] | None:
-        out = {}
-        for name in self.names:
-            m = self._multipliers[name]
-            if m is not None and m.weight.numel() <= SMALL_MULTIPLIER:
-                out[name] = m.weight.detach().reshape(-1).tolist()
-        return out or None
-
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,30 +1,93 @@
-"""Per-step summaries of a constraint's violations and multipliers, as one flat tensor.
+"""Per-step summaries of violations and multipliers, fetched with one device sync.
 
-All statistics of a step are stacked into a single tensor and moved to Python with one
-``tolist()`` (one device sync per step, whatever the number of constraints).
+Everything a history row needs is packed into one flat tensor per step — loss, Lagrangian,
+per constraint the violation mean, max and fraction violated, the five multiplier summaries
+of large (pointwise) multipliers, and the raw values of small multipliers — and moved to
+Python with a single ``tolist()``. Summaries of small multipliers are computed in Python
+from their values, which are logged too.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 
 FIELDS = ("violation_mean", "violation_max", "fraction_violated", "multiplier_mean",
           "multiplier_max", "multiplier_min", "multiplier_q50", "multiplier_q90")
 SMALL_MULTIPLIER = 32
-_Q = torch.tensor([0.5, 0.9])
+_NAN = float("nan")
 
 
-def constraint_stats(violations: torch.Tensor, multiplier: torch.Tensor | None) -> torch.Tensor:
-    """The 8 :data:`FIELDS` for one constraint (NaN for multiplier stats without one)."""
-    g = violations.reshape(-1)
-    head = torch.stack([g.mean(), g.max(), (g > 0).to(g.dtype).mean()])
-    if multiplier is None or multiplier.numel() == 0:
-        tail = torch.full((5,), float("nan"), dtype=g.dtype, device=g.device)
-    else:
-        m = multiplier.reshape(-1).to(g.dtype)
-        if m.numel() == 1:
-            tail = m.expand(5)
-        else:
-            q = torch.quantile(m, _Q.to(m), interpolation="linear")
-            tail = torch.cat([torch.stack([m.mean(), m.max(), m.min()]), q])
-    return torch.cat([head, tail])
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of sorted values."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarise(values: Sequence[float]) -> list[float]:
+    """mean, max, min, q50, q90 of a small list of multiplier values."""
+    s = sorted(values)
+    return [math.fsum(s) / len(s), s[-1], s[0], _quantile(s, 0.5), _quantile(s, 0.9)]
+
+
+class StepStats:
+    """Packs and unpacks the per-step statistics of a fixed set of constraints."""
+
+    def __init__(self, names: Sequence[str], weights: dict[str, torch.Tensor | None]) -> None:
+        self.names = list(names)
+        self.weights = weights
+        self.kind = {}
+        for name in self.names:
+            w = weights[name]
+            self.kind[name] = ("none" if w is None or w.numel() == 0
+                               else "small" if w.numel() <= SMALL_MULTIPLIER else "large")
+
+    def pack(self, loss: torch.Tensor | None, lagrangian: torch.Tensor | None,
+             violations: dict[str, torch.Tensor]) -> torch.Tensor:
+        ref = next(iter(violations.values())) if violations else (
+            loss if loss is not None else torch.zeros(()))
+        dtype, device = ref.dtype, ref.device
+        parts = [torch.stack([
+            loss.detach().reshape(()).to(dtype) if loss is not None
+            else torch.full((), _NAN, dtype=dtype, device=device),
+            lagrangian.detach().reshape(()).to(dtype) if lagrangian is not None
+            else torch.full((), _NAN, dtype=dtype, device=device)])]
+        for name in self.names:
+            g = violations[name].reshape(-1).to(dtype)
+            parts.append(torch.stack([g.mean(), g.max(), (g > 0).to(dtype).mean()]))
+        for name in self.names:
+            w = self.weights[name]
+            if self.kind[name] == "small":
+                parts.append(w.detach().reshape(-1).to(dtype))  # type: ignore[union-attr]
+            elif self.kind[name] == "large":
+                m = w.detach().reshape(-1).to(dtype)  # type: ignore[union-attr]
+                q = torch.quantile(m, torch.tensor([0.5, 0.9], dtype=dtype, device=m.device))
+                parts.append(torch.cat([torch.stack([m.mean(), m.max(), m.min()]), q]))
+        return torch.cat(parts)
+
+    def unpack(self, flat: list[float]) -> tuple[list[float], dict[str, list[float]] | None]:
+        """The history row (``2 + 8 * constraints`` values) and the small multipliers."""
+        row = flat[:2]
+        viol = flat[2: 2 + 3 * len(self.names)]
+        pos = 2 + 3 * len(self.names)
+        small: dict[str, list[float]] = {}
+        mult: dict[str, list[float]] = {}
+        for name in self.names:
+            kind = self.kind[name]
+            if kind == "small":
+                n = self.weights[name].numel()  # type: ignore[union-attr]
+                small[name] = flat[pos: pos + n]
+                mult[name] = summarise(small[name])
+                pos += n
+            elif kind == "large":
+                mult[name] = flat[pos: pos + 5]
+                pos += 5
+            else:
+                mult[name] = [_NAN] * 5
+        for k, name in enumerate(self.names):
+            row += viol[3 * k: 3 * k + 3] + mult[name]
+        return row, (small or None)
