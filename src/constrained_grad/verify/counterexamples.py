@@ -1,0 +1,131 @@
+r"""Counterexample-guided training: constraint points found by searching the model.
+
+:class:`Counterexamples` is a point source (use it as ``where=``) that, every ``every``
+training steps, runs the adversarial search of :func:`constrained_grad.verify` on the
+current model and keeps the violating points it finds in a buffer of ``capacity`` slots.
+The constraint is then enforced at the buffered points; each slot is a stable point id, so
+``reduction="pointwise"`` gives every counterexample its own multiplier, which grows until
+that point is fixed. When the buffer is full, new counterexamples replace the slots whose
+points are now satisfied with the most slack.
+
+This is what drives out violations in the empty corners of the domain that neither the
+data nor uniform box samples visit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from constrained_grad.constraints.domain import Box
+from constrained_grad.constraints.points import PointSource
+from constrained_grad.errors import ConstraintSpecError
+from constrained_grad.verify.search import adversarial_search
+
+Violations = Callable[[torch.Tensor, bool], torch.Tensor]
+
+
+def _positive_int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConstraintSpecError(f"Counterexamples: {what} must be a positive int (got {value!r}).")
+    return value
+
+
+class Counterexamples(PointSource):
+    """Points where the model violates its constraints, found during training.
+
+    Args:
+        domain: the :class:`~constrained_grad.Box` to search.
+        capacity: buffer slots (= point ids for pointwise multipliers).
+        every: search every ``every`` steps (the first search runs on the first step).
+        starts / steps / step_size: the adversarial search per round.
+        batch_size: buffered points used per step (all filled slots if None).
+        seed: seeds the searches (round ``r`` uses ``seed + r``).
+    """
+
+    def __init__(self, domain: Box, *, capacity: int = 256, every: int = 50, starts: int = 64,
+                 steps: int = 30, step_size: float = 0.05, batch_size: int | None = None,
+                 seed: int = 0) -> None:
+        if not isinstance(domain, Box):
+            raise ConstraintSpecError(f"Counterexamples: domain must be a cg.Box (got "
+                                      f"{type(domain).__name__}).")
+        self.domain = domain
+        self.num_points = _positive_int(capacity, "capacity")
+        self.every = _positive_int(every, "every")
+        self.starts = _positive_int(starts, "starts")
+        self.steps = _positive_int(steps, "steps")
+        self.step_size = float(step_size)
+        self.batch_size = None if batch_size is None else _positive_int(batch_size, "batch_size")
+        self.seed = int(seed)
+        self._violations: list[Violations] = []
+        self._model: Any = None
+        self.buffer = torch.zeros(self.num_points, domain.dim, dtype=torch.float64)
+        self.filled = 0
+        self.calls = 0
+        self.rounds = 0
+        self.found = 0  # counterexamples added so far
+
+    def attach(self, violations: Violations) -> None:
+        self._violations.append(violations)
+
+    def check_inputs(self, n_inputs: int, who: str) -> None:
+        if self.domain.dim != n_inputs:
+            raise ConstraintSpecError(f"{who}: Counterexamples domain has {self.domain.dim} "
+                                      f"features but the model takes {n_inputs}.")
+
+    def _all_violations(self, x: torch.Tensor, graph_in_x: bool) -> torch.Tensor:
+        return torch.cat([fn(x, graph_in_x) for fn in self._violations], dim=1)
+
+    def search(self, dtype: torch.dtype, device: torch.device) -> int:
+        """One search round; returns how many counterexamples were added."""
+        if not self._violations:
+            raise ConstraintSpecError("Counterexamples: not attached to a problem. Use it as "
+                                      "where= of a constraint in a DerivativeProblem.")
+        init = self.buffer[: self.filled] if self.filled else None
+        res = adversarial_search(lambda x: self._all_violations(x, True), self.domain.low,
+                                 self.domain.high, starts=self.starts, steps=self.steps,
+                                 step_size=self.step_size, seed=self.seed + self.rounds,
+                                 fixed=self.domain.fixed or None,
+                                 categorical=self.domain.categorical or None,
+                                 init_points=init, device=device, dtype=dtype,
+                                 top_k=self.starts)
+        self.rounds += 1
+        worst = res.worst_violations.max(dim=1).values
+        new = res.worst_inputs[worst > 0].to(torch.float64)
+        if new.numel() == 0:
+            return 0
+        free = self.num_points - self.filled
+        take = min(free, new.shape[0])
+        self.buffer[self.filled: self.filled + take] = new[:take]
+        self.filled += take
+        rest = new[take:]
+        if rest.shape[0]:  # full: replace the buffered points with the most slack
+            with torch.no_grad():
+                slack = self._all_violations(self.buffer.to(device=device, dtype=dtype), False)
+            order = torch.argsort(slack.max(dim=1).values.cpu())[: rest.shape[0]]
+            self.buffer[order] = rest[: order.numel()]
+        self.found += new.shape[0]
+        return int(new.shape[0])
+
+    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+        dtype = batch_x.dtype if batch_x is not None else torch.get_default_dtype()
+        device = batch_x.device if batch_x is not None else torch.device("cpu")
+        if self.calls % self.every == 0:
+            self.search(dtype, device)
+        self.calls += 1
+        if self.filled == 0:  # nothing found yet: the domain's centre, a harmless point
+            centre = ((self.domain.low + self.domain.high) / 2).reshape(1, -1)
+            return centre.to(dtype=dtype, device=device), torch.zeros(1, dtype=torch.long,
+                                                                       device=device)
+        n = self.filled
+        if self.batch_size is None or self.batch_size >= n:
+            idx = torch.arange(n)
+        else:
+            idx = torch.randperm(n, generator=generator)[: self.batch_size]
+        return self.buffer[idx].to(dtype=dtype, device=device), idx.to(device)
+
+    def __repr__(self) -> str:
+        return (f"Counterexamples(capacity={self.num_points}, every={self.every}, "
+                f"filled={self.filled})")

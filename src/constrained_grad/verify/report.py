@@ -1,0 +1,146 @@
+"""What verification found, per constraint: plain data, Markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("certified", "violated", "no violation found", "unknown", "skipped")
+
+
+@dataclass
+class MethodResult:
+    """One verification method run on one constraint."""
+
+    method: str  # "sobol", "random", "adversarial", "milp", "points"
+    max_violation: float | None
+    fraction_violating: float | None
+    evaluations: int
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Counterexample:
+    """A point where a constraint is violated, with what was measured there."""
+
+    x: list[float]
+    violation: float  # worst component
+    component: str  # which component
+    derivatives: dict[str, float] = field(default_factory=dict)
+    found_by: str = ""
+
+
+@dataclass
+class ConstraintReport:
+    """Verification of one constraint over the domain."""
+
+    name: str
+    kind: str
+    status: str
+    max_violation: float | None
+    fraction_violating: float | None
+    counterexamples: list[Counterexample] = field(default_factory=list)
+    methods: list[MethodResult] = field(default_factory=list)
+    certificate: str = ""
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("certified", "no violation found")
+
+
+@dataclass
+class VerificationReport:
+    """Per-constraint results of :func:`constrained_grad.verify`."""
+
+    constraints: list[ConstraintReport]
+    domain: dict[str, Any]
+    tol: float
+    seconds: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True if no constraint is violated or undecided (skipped ones excepted)."""
+        return all(c.ok or c.status == "skipped" for c in self.constraints)
+
+    @property
+    def max_violation(self) -> float | None:
+        vals = [c.max_violation for c in self.constraints if c.max_violation is not None]
+        return max(vals) if vals else None
+
+    def __getitem__(self, name: str) -> ConstraintReport:
+        for c in self.constraints:
+            if c.name == name:
+                return c
+        raise KeyError(f"VerificationReport: no constraint named {name!r} (got "
+                       f"{[c.name for c in self.constraints]}).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _finite(asdict(self))
+
+    def save_json(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+
+    def save_markdown(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(self.to_markdown())
+
+    def to_markdown(self) -> str:
+        lines = ["# Verification report", "",
+                 f"Domain: {self.domain.get('dim')} features, low {self.domain.get('low')}, "
+                 f"high {self.domain.get('high')}. A point violates a constraint when its "
+                 f"violation exceeds tol = {self.tol:g}. Total time {self.seconds:.3g} s.", "",
+                 "| constraint | kind | status | max violation | fraction violating | methods |",
+                 "|---|---|---|---|---|---|"]
+        for c in self.constraints:
+            methods = ", ".join(m.method for m in c.methods) or "-"
+            lines.append(f"| {c.name} | {c.kind} | **{c.status}** | {_fmt(c.max_violation)} | "
+                         f"{_fmt(c.fraction_violating)} | {methods} |")
+        for c in self.constraints:
+            lines += ["", f"## {c.name} ({c.kind}): {c.status}", ""]
+            if c.note:
+                lines += [c.note, ""]
+            if c.methods:
+                lines += ["| method | max violation | fraction violating | evaluations | seconds "
+                          "| detail |", "|---|---|---|---|---|---|"]
+                for m in c.methods:
+                    lines.append(f"| {m.method} | {_fmt(m.max_violation)} | "
+                                 f"{_fmt(m.fraction_violating)} | {m.evaluations} | "
+                                 f"{m.seconds:.3g} | {m.detail} |")
+            if c.certificate:
+                lines += ["", "Exact certificate:", "", "```", c.certificate, "```"]
+            if c.counterexamples:
+                lines += ["", "Worst counterexamples:", ""]
+                for k, ce in enumerate(c.counterexamples):
+                    xs = ", ".join(f"{v:.4g}" for v in ce.x)
+                    ds = ", ".join(f"{key} = {v:.4g}" for key, v in ce.derivatives.items())
+                    lines.append(f"{k + 1}. x = [{xs}]: violation {ce.violation:.4g} at "
+                                 f"{ce.component} ({ce.found_by})" + (f"; {ds}" if ds else ""))
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        rows = [f"{c.name}: {c.status} (max violation {_fmt(c.max_violation)})"
+                for c in self.constraints]
+        return "VerificationReport(" + "; ".join(rows) + ")"
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4g}"
+
+
+def _finite(obj: Any) -> Any:
+    """Replace non-finite floats by strings so the JSON is strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
