@@ -180,6 +180,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             self._groups.setdefault(key, []).append(name)
         self._uses_batch = any(c.where.uses_batch for c in self.specs.values())
         self.last_evals: dict[str, ConstraintEval] = {}
+        self._last_points: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # -- construction ----------------------------------------------------------------------
     def _make_cooper_constraint(self, c: DerivativeConstraint) -> cooper.Constraint:
@@ -222,11 +223,15 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         return default
 
     # -- evaluation ------------------------------------------------------------------------
-    def compute_cmp_state(self, batch: Any, *, create_graph: bool = True) -> cooper.CMPState:
+    def compute_cmp_state(self, batch: Any, *, create_graph: bool = True,
+                          reuse_points: bool = False) -> cooper.CMPState:
         """Loss and constraint states on one batch (see the class docstring).
 
         ``create_graph=False`` evaluates violations only (no parameter graph through the
         derivatives): what an alternating dual update or an evaluation needs.
+        ``reuse_points=True`` evaluates at the points drawn by the previous call (box samples,
+        interpolations, counterexamples) instead of drawing new ones, so an alternating dual
+        step sees the same points as the primal step it follows.
         """
         b = as_batch(batch).to(self.device)
         self._check_inputs(b.x)
@@ -244,7 +249,8 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             self.last_evals = {}
             for names in self._groups.values():
                 source = self.specs[names[0]].where
-                values = self._values_for(source, b, x, outputs, names, create_graph)
+                values = self._values_for(source, b, x, outputs, names, create_graph,
+                                          reuse_points)
                 for name in names:
                     observed[self._constraints[name]] = self._state_for(name, values, b)
         return cooper.CMPState(loss=loss, observed_constraints=observed,
@@ -260,7 +266,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                                        f"be differentiated (got {x.dtype}). Cast with .float().")
 
     def _values_for(self, source: Any, b: Batch, x: torch.Tensor, outputs: torch.Tensor,
-                    names: list[str], create_graph: bool) -> DerivativeValues:
+                    names: list[str], create_graph: bool, reuse_points: bool) -> DerivativeValues:
         needs = self.specs[names[0]].needs
         for name in names[1:]:
             needs = needs.merge(self.specs[name].needs)
@@ -268,7 +274,12 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             return evaluate(self.model, x, needs, outputs=outputs, create_graph=create_graph,
                             generator=self.generator, column_method=self.column_method,
                             index=b.index)
-        points, index = source.points(x.detach(), b.index, self.generator)
+        key = id(source)
+        if reuse_points and key in self._last_points:
+            points, index = self._last_points[key]
+        else:
+            points, index = source.points(x.detach(), b.index, self.generator)
+            self._last_points[key] = (points, index)
         return evaluate(self.model, points, needs, create_graph=create_graph,
                         generator=self.generator, column_method=self.column_method, index=index)
 

@@ -175,7 +175,7 @@ class Trainer:
         """Dual gradients from violations re-evaluated at the new weights (grad enabled)."""
         for weight in self._dual_weights:
             weight.grad = None
-        state = self.problem.compute_cmp_state(batch, create_graph=False)
+        state = self.problem.compute_cmp_state(batch, create_graph=False, reuse_points=True)
         _, dual = self._lagrangian(state, primal=False, dual=True)
         if dual is not None:
             dual.backward()
