@@ -41,8 +41,10 @@ REDUCTIONS = ("mean_hinge", "max", "mean", "l2_hinge", "pointwise")
 class DerivativeValues(Protocol):
     """What the engine hands to a constraint (see ``derivatives.engine.DerivativeValues``)."""
 
-    x: torch.Tensor
-    outputs: torch.Tensor
+    @property
+    def x(self) -> torch.Tensor: ...
+    @property
+    def outputs(self) -> torch.Tensor: ...
 
     def columns(self, inputs: Sequence[int]) -> torch.Tensor: ...
     def rows(self, outputs: Sequence[int]) -> torch.Tensor: ...
@@ -58,7 +60,7 @@ def check_index_list(value: object, who: str, what: str) -> tuple[int, ...] | No
         return None
     items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
     try:
-        out = tuple(items)  # type: ignore[arg-type]
+        out: tuple[Any, ...] = tuple(items)  # type: ignore[arg-type]
     except TypeError:
         raise ConstraintSpecError(f"{who}: {what} must be an int or a list of ints "
                                   f"(got {value!r}).") from None
@@ -76,7 +78,7 @@ def resolve_indices(indices: tuple[int, ...] | None, size: int, who: str, what: 
     """Check declared indices against the model's size; ``None`` means all."""
     if indices is None:
         return list(range(size))
-    out = []
+    out: list[int] = []
     for i in indices:
         if not -size <= i < size:
             raise ConstraintSpecError(f"{who}: {what} index {i} is out of range: the model has "

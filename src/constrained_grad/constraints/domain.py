@@ -31,8 +31,13 @@ class Box:
         fixed: dict[int, float] | None = None,
         categorical: dict[int, Sequence[float]] | None = None,
     ) -> None:
-        lo = torch.as_tensor(low, dtype=torch.float64).detach().clone().reshape(-1)
-        hi = torch.as_tensor(high, dtype=torch.float64).detach().clone().reshape(-1)
+        try:
+            lo = torch.as_tensor(low, dtype=torch.float64).detach().clone().reshape(-1)
+            hi = torch.as_tensor(high, dtype=torch.float64).detach().clone().reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InputValidationError(f"Box: low and high must be sequences of numbers (got "
+                                       f"{type(low).__name__} and {type(high).__name__}: {err}). "
+                                       "Give one bound per feature.") from err
         if lo.shape != hi.shape:
             raise InputValidationError(f"Box: low and high differ in shape (got {tuple(lo.shape)} "
                                        f"and {tuple(hi.shape)}). Give one bound per feature.")

@@ -270,8 +270,11 @@ class GradientMatch(DerivativeConstraint):
             self._needs = Needs(rows=frozenset(self._outputs))
         self.n_components = 1
 
-    def target_tensor(self, batch: Any, index: torch.Tensor | None, like: torch.Tensor
-                      ) -> torch.Tensor:
+    def target_tensor(self, batch: Any, index: torch.Tensor | None, like: torch.Tensor,
+                      in_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Targets as ``(B, k, d)``; per point ``(k, d)`` or ``(k, *in_shape)``, and for a
+        single selected output also ``(d,)`` or ``in_shape`` (never just a matching size:
+        a transposed ``(d, k)`` must not be read as ``(k, d)``)."""
         who = self.label
         if isinstance(self.targets, torch.Tensor):
             if index is None:
@@ -282,9 +285,18 @@ class GradientMatch(DerivativeConstraint):
             s = batch.field(self.targets, who) if hasattr(batch, "field") else batch[self.targets]
         else:
             s = self.targets(batch)
-        s = torch.as_tensor(s).to(dtype=like.dtype, device=like.device)
-        want = (like.shape[0], len(self._outputs), self.n_inputs)
-        if s.numel() != like.shape[0] * len(self._outputs) * self.n_inputs:
+        try:
+            s = torch.as_tensor(s).to(dtype=like.dtype, device=like.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InputValidationError(f"{who}: targets must be numeric tensors (got "
+                                       f"{type(s).__name__}: {err}). Yield gradient samples as a "
+                                       "float tensor.") from err
+        k, d = len(self._outputs), self.n_inputs
+        want = (like.shape[0], k, d)
+        per_point = {(k, d)} | ({(k, *in_shape)} if in_shape else set())
+        if k == 1:
+            per_point |= {(d,)} | ({tuple(in_shape)} if in_shape else set())
+        if s.dim() == 0 or s.shape[0] != like.shape[0] or tuple(s.shape[1:]) not in per_point:
             raise InputValidationError(f"{who}: targets of shape {tuple(s.shape)} do not match the "
                                        f"derivatives (batch, outputs, inputs) = {want}. Give one "
                                        "gradient sample per point and selected output.")
@@ -295,12 +307,13 @@ class GradientMatch(DerivativeConstraint):
         b = values.x.shape[0]
         if self.estimator == "vjp_sphere":
             v, vj = values.projections(self.samples)  # (S, B, m), (S, B, d)
-            s = self.target_tensor(batch, index, values.outputs)  # (B, m, d)
+            s = self.target_tensor(batch, index, values.outputs,
+                                   tuple(values.x.shape[1:]))  # (B, m, d)
             vs = torch.einsum("sbm,bmd->sbd", v, s)
             sq_err = (vj.reshape(vs.shape) - vs).pow(2).sum(-1).mean(0)  # unbiased for ||J-S||^2
         else:
             rows = values.rows(self._outputs)  # (B, k, d)
-            s = self.target_tensor(batch, index, rows)
+            s = self.target_tensor(batch, index, rows, tuple(values.x.shape[1:]))
             sq_err = equal_to(rows, s).pow(2).sum(dim=(1, 2))
         err = sq_err / s[0].numel()  # mean squared error per derivative entry
         if self.normalize:

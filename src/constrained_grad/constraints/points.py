@@ -63,7 +63,12 @@ class OnBatch(PointSource):
             _positive_int(num_points, "OnBatch", "num_points")
         self.num_points = num_points
 
-    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+    def points(
+        self,
+        batch_x: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return batch_x, batch_index
 
     def __repr__(self) -> str:
@@ -77,7 +82,12 @@ class InBox(PointSource):
         self.box = box if isinstance(box, Box) else Box(*box)
         self.n = _positive_int(n, "InBox", "n")
 
-    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+    def points(
+        self,
+        batch_x: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.box.sample(self.n, generator=generator, dtype=batch_x.dtype)
         return x.to(batch_x.device).reshape(self.n, *batch_x.shape[1:]), None
 
@@ -97,7 +107,12 @@ class Between(PointSource):
     def __init__(self, n: int = 256) -> None:
         self.n = _positive_int(n, "Between", "n")
 
-    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+    def points(
+        self,
+        batch_x: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = batch_x.shape[0]
         a = torch.randint(b, (self.n,), generator=generator).to(batch_x.device)
         c = torch.randint(b, (self.n,), generator=generator).to(batch_x.device)
@@ -123,15 +138,21 @@ class AtPoints(PointSource):
             raise ConstraintSpecError(f"AtPoints: points must be floating point (got {points.dtype})."
                                       " Cast with points.float().")
         self.data = points.detach()
-        self.num_points = points.shape[0]
+        self.n = int(points.shape[0])
+        self.num_points = self.n
         self.batch_size = None if batch_size is None else _positive_int(batch_size, "AtPoints",
                                                                          "batch_size")
 
-    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
-        if self.batch_size is None or self.batch_size >= self.num_points:
-            idx = torch.arange(self.num_points)
+    def points(
+        self,
+        batch_x: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.batch_size is None or self.batch_size >= self.n:
+            idx = torch.arange(self.n)
         else:
-            idx = torch.randperm(self.num_points, generator=generator)[: self.batch_size]
+            idx = torch.randperm(self.n, generator=generator)[: self.batch_size]
         device = batch_x.device if batch_x is not None else self.data.device
         dtype = batch_x.dtype if batch_x is not None else self.data.dtype
         return self.data[idx].to(device=device, dtype=dtype), idx.to(device)

@@ -20,7 +20,7 @@ worst point for the multiplier.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +82,7 @@ def infer_dims(model: Callable[[torch.Tensor], torch.Tensor], example_input: tor
                                    f"{(1, *example_input.shape[1:])} ({type(err).__name__}: {err})."
                                    " Pass example_input= with a real sample.") from err
     finally:
-        if was_training:
+        if was_training and isinstance(model, torch.nn.Module):
             model.train()
     if not isinstance(out, torch.Tensor) or out.dim() == 0:
         raise InputValidationError(f"{who}: the model must return a batched tensor (got "
@@ -129,6 +129,14 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         if loss is not None and not callable(loss):
             raise InputValidationError(f"{who}: loss must be a function (outputs, targets) -> "
                                        f"scalar or None (got {type(loss).__name__}).")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputValidationError(f"{who}: seed must be an int (got {seed!r}).")
+        if constraints is None:
+            constraints = ()
+        if isinstance(constraints, DerivativeConstraint) or not isinstance(constraints, Iterable):
+            raise InputValidationError(f"{who}: constraints must be a list of declared constraints "
+                                       f"(got {type(constraints).__name__}). Wrap a single one in "
+                                       "a list: [cg.Monotonic(...)].")
         constraints = list(constraints)
         for c in constraints:
             if not isinstance(c, DerivativeConstraint):
@@ -184,7 +192,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
 
     # -- construction ----------------------------------------------------------------------
     def _make_cooper_constraint(self, c: DerivativeConstraint) -> cooper.Constraint:
-        kw = {"dtype": self.dtype, "device": self.device}
+        dtype, device = self.dtype, self.device
         ctype = (cooper.ConstraintType.EQUALITY if c.effective_kind == "equality"
                  else cooper.ConstraintType.INEQUALITY)
         pointwise = c.reduction == "pointwise"
@@ -194,20 +202,21 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         if form.uses_multiplier:
             init = None
             if isinstance(form, FixedPenalty):
-                init = torch.full((size,), form.weight, **kw)
+                init = torch.full((size,), form.weight, dtype=dtype, device=device)
             mcls = cooper.multipliers.IndexedMultiplier if pointwise \
                 else cooper.multipliers.DenseMultiplier
-            multiplier = mcls(num_constraints=size, init=init, **kw)
+            multiplier = mcls(num_constraints=size, init=init, dtype=dtype, device=device)
         penalty = None
         if isinstance(form, (AugmentedLagrangian, QuadraticPenalty)):
             value = form.penalty if isinstance(form, AugmentedLagrangian) else form.coefficient
             pcls = cooper.penalty_coefficients.IndexedPenaltyCoefficient if pointwise \
                 else cooper.penalty_coefficients.DensePenaltyCoefficient
-            penalty = pcls(init=torch.full((size,), value, **kw))
-        formulation_type = {
-            AugmentedLagrangian: cooper.formulations.AugmentedLagrangian,
-            QuadraticPenalty: cooper.formulations.QuadraticPenalty,
-        }.get(type(form), cooper.formulations.Lagrangian)
+            penalty = pcls(init=torch.full((size,), value, dtype=dtype, device=device))
+        formulation_type: type[cooper.formulations.Formulation] = cooper.formulations.Lagrangian
+        if isinstance(form, AugmentedLagrangian):
+            formulation_type = cooper.formulations.AugmentedLagrangian
+        elif isinstance(form, QuadraticPenalty):
+            formulation_type = cooper.formulations.QuadraticPenalty
         return cooper.Constraint(constraint_type=ctype, formulation_type=formulation_type,
                                  multiplier=multiplier, penalty_coefficient=penalty)
 
@@ -237,10 +246,10 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         self._check_inputs(b.x)
         with torch.enable_grad():  # Cooper's alternating optimizers call us under no_grad
             x = b.x.detach().requires_grad_(self._uses_batch)
-            outputs = self.model(x)
+            outputs = self._forward(x)
             loss = None
             if self.loss_fn is not None:
-                loss = self.loss_fn(outputs, b.y)
+                loss = self._loss(outputs, b.y)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise InputValidationError(f"DerivativeProblem: loss must return a scalar "
                                                f"tensor (got {getattr(loss, 'shape', loss)}).")
@@ -264,6 +273,39 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         if not x.is_floating_point():
             raise InputValidationError(f"DerivativeProblem: batch inputs must be floating point to "
                                        f"be differentiated (got {x.dtype}). Cast with .float().")
+        if x.shape[0] == 0:
+            raise InputValidationError(f"DerivativeProblem: empty batch (got inputs of shape "
+                                       f"{tuple(x.shape)}). Drop empty batches from the loader.")
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``model(x)``; a failure on inputs of another dtype than the weights names it."""
+        try:
+            return self.model(x)
+        except Exception as err:
+            if x.dtype == self.dtype or not isinstance(self.model, torch.nn.Module):
+                raise
+            raise InputValidationError(f"DerivativeProblem: the model fails on batch inputs of "
+                                       f"dtype {x.dtype} ({type(err).__name__}: {err}); its "
+                                       f"parameters are {self.dtype}. Cast the data with "
+                                       f".to({self.dtype}) or the model to the data's dtype."
+                                       ) from err
+
+    def _loss(self, outputs: torch.Tensor, y: Any) -> Any:
+        """``loss(outputs, y)``; a failure on missing or mis-shaped targets names them."""
+        assert self.loss_fn is not None
+        try:
+            return self.loss_fn(outputs, y)
+        except Exception as err:
+            if y is None:
+                raise InputValidationError(f"DerivativeProblem: the loss fails without targets "
+                                           f"({type(err).__name__}: {err}). The batch has no "
+                                           "targets: yield (x, y) from the loader.") from err
+            if isinstance(y, torch.Tensor) and y.shape != outputs.shape:
+                raise InputValidationError(f"DerivativeProblem: the loss fails on outputs of "
+                                           f"shape {tuple(outputs.shape)} and targets of shape "
+                                           f"{tuple(y.shape)} ({type(err).__name__}: {err}). "
+                                           "Give targets of the model's output shape.") from err
+            raise
 
     def _values_for(self, source: Any, b: Batch, x: torch.Tensor, outputs: torch.Tensor,
                     names: list[str], create_graph: bool, reuse_points: bool) -> DerivativeValues:
@@ -311,10 +353,14 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
     # -- introspection ---------------------------------------------------------------------
     def multiplier_values(self) -> dict[str, torch.Tensor]:
         """Current multipliers by constraint name (detached, flat)."""
-        return {name: m.weight.detach().reshape(-1) for name, m in self.named_multipliers()}
+        return {name: m.weight.detach().reshape(-1)  # type: ignore[operator]
+                for name, m in self.named_multipliers()}
 
     def violations(self, name: str, x: torch.Tensor, batch: Any = None) -> torch.Tensor:
         """``(B, C)`` violations of constraint ``name`` at points ``x`` (no parameter graph)."""
+        if name not in self.specs:
+            raise InputValidationError(f"DerivativeProblem.violations: no constraint named "
+                                       f"{name!r} (got constraints {list(self.specs)}).")
         c = self.specs[name]
         values = evaluate(self.model, x, c.needs, create_graph=False, generator=self.generator,
                           column_method=self.column_method)

@@ -40,7 +40,7 @@ def _register_cooper_safe_globals() -> None:
 
 def capture_rng() -> dict[str, Any]:
     """Global random states (torch CPU, CUDA if present, numpy, Python) as plain data."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -97,6 +97,37 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def prepare_dir(folder: Any) -> Path:
+    """Create the checkpoint folder now, so a bad path fails before any training step."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise CheckpointError(f"fit: checkpoint_dir must be a path (got {type(folder).__name__}).")
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CheckpointError(f"fit: cannot use {str(path)!r} as the checkpoint folder "
+                              f"({type(err).__name__}: {err}). Name a writable folder.") from err
+    return path
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files that writes of ``path`` killed before their rename left."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
+def require_keys(state: dict[str, Any], keys: tuple[str, ...], source: Any) -> None:
+    """Raise :class:`CheckpointError` naming the entries a checkpoint lacks."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"load_checkpoint: {source} lacks the entries {missing}. It was not "
+                              "written by this version of constrained_grad.fit; start a new run "
+                              "directory.")
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

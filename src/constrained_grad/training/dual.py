@@ -40,6 +40,10 @@ def build_dual_optimizer(
                                              cooper.multipliers.IndexedMultiplier)]
     if callable(dual_optimizer):
         opt = dual_optimizer(groups)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise InputValidationError(f"fit: the dual optimizer factory must return a "
+                                       f"torch.optim.Optimizer (got {type(opt).__name__}). Return "
+                                       "e.g. torch.optim.SGD(param_groups, lr=..., maximize=True).")
         for group in opt.param_groups:
             if not group.get("maximize", False):
                 raise InputValidationError("fit: the dual optimizer factory must build an "

@@ -119,12 +119,14 @@ class Trainer:
         self.step_count = len(self.history)
         self.skipped = 0
         self._multipliers = {n: c.multiplier for n, c in problem.named_constraints()}
-        self._stepped_multipliers = [self._multipliers[n] for n in self.dual_names]
-        self._dual_weights = [m.weight for m in self._stepped_multipliers]
+        self._stepped_multipliers = [problem._constraints[n].multiplier for n in self.dual_names]
+        self._dual_weights: list[torch.Tensor] = [
+            m.weight for m in self._stepped_multipliers if m is not None]
         self._steps_dual = self.dual_optimizer is not None
         self._lagrangian = StepLagrangian(problem)
         self._packer = StepStats(self.names, {
-            n: (m.weight if m is not None else None) for n, m in self._multipliers.items()})
+            n: (m.weight if m is not None else None)  # type: ignore[misc]
+            for n, m in self._multipliers.items()})
         # entries of a history row that must be finite, with their names for messages
         self._labels = ["loss", "Lagrangian"] + [f"{n}/{f}" for n in self.names for f in FIELDS]
         self._finite_idx = [1] if problem.loss_fn is None else [0, 1]
@@ -169,7 +171,8 @@ class Trainer:
         assert self.dual_optimizer is not None
         self.dual_optimizer.step()
         for multiplier in self._stepped_multipliers:
-            multiplier.post_step_()
+            if multiplier is not None:
+                multiplier.post_step_()
 
     def _alternating_dual(self, batch: Any) -> None:
         """Dual gradients from violations re-evaluated at the new weights (grad enabled)."""
@@ -199,6 +202,7 @@ class Trainer:
             "constraints": checkpoint.constraint_signature(self.problem),
             "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
             "primal_optimizer": self.primal_optimizer.state_dict(),
+            "primal_optimizer_type": type(self.primal_optimizer).__name__,
             "dual_optimizer": None if self.dual_optimizer is None else {
                 "names": list(self.dual_names), "state": self.dual_optimizer.state_dict()},
             "cmp": self.problem.state_dict(),
@@ -210,7 +214,13 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any], source: Any = "state") -> None:
         """Restore a :meth:`state_dict`; raises ``CheckpointError`` if it does not fit."""
+        checkpoint.require_keys(state, _TRAINER_KEYS, source)
         checkpoint.check_signature(state["constraints"], self.problem, source)
+        saved_type = state.get("primal_optimizer_type", type(self.primal_optimizer).__name__)
+        if saved_type != type(self.primal_optimizer).__name__:
+            raise CheckpointError(f"load_checkpoint: {source} holds a {saved_type} state but this "
+                                  f"run's primal optimizer is {type(self.primal_optimizer).__name__}"
+                                  ". Resume with the same optimizer or start a new run directory.")
         saved_dual = state["dual_optimizer"]
         saved_names = None if saved_dual is None else saved_dual["names"]
         if saved_names != (self.dual_names if self.dual_optimizer is not None else None):
@@ -218,13 +228,25 @@ class Trainer:
                                   f"{saved_names} but this run steps {self.dual_names}. Use the "
                                   "same dual learning rates and formulations as the saved run.")
         model = self.problem.model
-        if isinstance(model, torch.nn.Module):
-            model.load_state_dict(state["model"])
-        self.primal_optimizer.load_state_dict(state["primal_optimizer"])
-        if self.dual_optimizer is not None:
-            self.dual_optimizer.load_state_dict(saved_dual["state"])
-        self.problem.load_state_dict(state["cmp"])
-        self.problem.generator.set_state(state["problem_generator"])
+        what = "model weights"
+        try:
+            if isinstance(model, torch.nn.Module):
+                model.load_state_dict(state["model"])
+            what = "primal optimizer state"
+            self.primal_optimizer.load_state_dict(state["primal_optimizer"])
+            what = "dual optimizer state"
+            if self.dual_optimizer is not None:
+                self.dual_optimizer.load_state_dict(saved_dual["state"])
+            what = "multipliers"
+            self.problem.load_state_dict(state["cmp"])
+            what = "random state"
+            self.problem.generator.set_state(state["problem_generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            detail = " ".join(str(err).split())[:300]
+            raise CheckpointError(f"load_checkpoint: the {what} in {source} do not fit this run "
+                                  f"({type(err).__name__}: {detail}). Resume with the same model, "
+                                  "optimizers and constraints, or start a new run directory."
+                                  ) from err
         restored = History.from_dict(state["history"])
         self.history.truncate(0)
         self.history.extend(restored)
@@ -232,6 +254,11 @@ class Trainer:
         self.skipped = int(state["skipped"])
         times = self.history.wall_times
         self._t0 = time.perf_counter() - (times[-1] if times else 0.0)
+
+
+_TRAINER_KEYS = ("constraints", "model", "primal_optimizer", "dual_optimizer", "cmp",
+                 "problem_generator", "history", "step", "skipped")
+_FIT_KEYS = ("epoch", "batch_in_epoch", "epoch_rng", "rng", "loader_rng")
 
 
 def _named_params(model: Any) -> Iterable[tuple[str, torch.Tensor]]:
@@ -302,14 +329,32 @@ def fit(
     if checkpoint_every is not None and checkpoint_dir is None:
         raise InputValidationError("fit: checkpoint_every needs checkpoint_dir (got None). Name "
                                    "a folder for the checkpoints.")
+    if isinstance(loader, (str, bytes)) or not (hasattr(loader, "__iter__")
+                                                or hasattr(loader, "__getitem__")):
+        raise InputValidationError(f"fit: loader must be an iterable of batches such as a "
+                                   f"DataLoader (got {type(loader).__name__}).")
+    callbacks = list(callbacks)
+    for cb in [*callbacks, eval_fn]:
+        if cb is not None and not callable(cb):
+            raise InputValidationError(f"fit: callbacks and eval_fn must be callable (got "
+                                       f"{type(cb).__name__}).")
+    if stop_tolerance is not None and (isinstance(stop_tolerance, bool)
+                                       or not isinstance(stop_tolerance, (int, float))
+                                       or math.isnan(stop_tolerance)):
+        raise InputValidationError(f"fit: stop_tolerance must be a number or None (got "
+                                   f"{stop_tolerance!r}).")
     if device is not None:
         _move(problem, device)
     trainer = Trainer(problem, primal_optimizer, dual_lr=dual_lr, dual_optimizer=dual_optimizer,
                       update=update, history=history, on_nonfinite=on_nonfinite)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        ckpt_path = checkpoint.prepare_dir(checkpoint_dir) / CHECKPOINT_NAME
+        checkpoint.remove_stale_temps(ckpt_path)  # left by writes killed before their rename
     start_epoch, skip_batches, epoch_rng, resume_rng, loader_state = 0, 0, None, None, None
     if ckpt_path is not None and resume and ckpt_path.exists():
         saved = checkpoint.load(ckpt_path)
+        checkpoint.require_keys(saved, _FIT_KEYS, ckpt_path)
         trainer.load_state_dict(saved, ckpt_path)
         start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
         epoch_rng, resume_rng = saved["epoch_rng"], saved["rng"]
@@ -320,7 +365,7 @@ def fit(
     stopped, feasible_run = "budget", 0
     n = len(FIELDS)
     idx_max = [2 + k * n + 1 for k in range(len(trainer.names))]
-    position = {"epoch": start_epoch, "batch_in_epoch": skip_batches, "epoch_rng": epoch_rng}
+    position: dict[str, Any] = {"epoch": start_epoch, "batch_in_epoch": skip_batches, "epoch_rng": epoch_rng}
 
     def save() -> None:
         if ckpt_path is not None:
@@ -440,7 +485,13 @@ def _progress(total: int | None, enabled: bool, initial: int = 0) -> Any:
 
 
 def _move(problem: DerivativeProblem, device: torch.device | str) -> None:
-    if isinstance(problem.model, torch.nn.Module):
-        problem.model.to(device)
-    problem.to(device=device)
-    problem.device = torch.device(device)
+    try:
+        dev = torch.device(device)
+        if isinstance(problem.model, torch.nn.Module):
+            problem.model.to(dev)
+        problem.to(device=dev)
+    except (RuntimeError, TypeError, AssertionError) as err:
+        raise InputValidationError(f"fit: cannot move the model to device {device!r} "
+                                   f"({type(err).__name__}: {err}). Use 'cpu' or an available "
+                                   "accelerator.") from err
+    problem.device = dev

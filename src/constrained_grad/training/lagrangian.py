@@ -32,6 +32,7 @@ class StepLagrangian:
         for _, cons in problem.named_constraints():
             if cons.formulation_type is cooper.formulations.Lagrangian:
                 weight = cons.multiplier.weight if cons.multiplier is not None else None
+                assert weight is None or isinstance(weight, torch.nn.Parameter)
                 indexed = isinstance(cons.multiplier, cooper.multipliers.IndexedMultiplier)
                 self.fast.append((cons, weight, indexed))
             else:
@@ -88,6 +89,7 @@ def _set_dual_grad(weight: torch.nn.Parameter, cs: cooper.ConstraintState, index
     if indexed:
         ids = (cs.strict_constraint_features if cs.strict_constraint_features is not None
                else cs.constraint_features)
+        assert ids is not None, "pointwise constraint states carry point ids"
         # ids were range-checked when the points were drawn (AtPoints / check_batch_index);
         # opting out explicitly avoids torch's "invariant checks are implicitly disabled" warning
         grad = torch.sparse_coo_tensor(ids.reshape(1, -1), strict.reshape(-1, 1), weight.shape,

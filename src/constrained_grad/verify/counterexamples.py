@@ -52,7 +52,8 @@ class Counterexamples(PointSource):
             raise ConstraintSpecError(f"Counterexamples: domain must be a cg.Box (got "
                                       f"{type(domain).__name__}).")
         self.domain = domain
-        self.num_points = _positive_int(capacity, "capacity")
+        self.capacity = _positive_int(capacity, "capacity")
+        self.num_points = self.capacity
         self.every = _positive_int(every, "every")
         self.starts = _positive_int(starts, "starts")
         self.steps = _positive_int(steps, "steps")
@@ -61,7 +62,7 @@ class Counterexamples(PointSource):
         self.seed = int(seed)
         self._violations: list[Violations] = []
         self._model: Any = None
-        self.buffer = torch.zeros(self.num_points, domain.dim, dtype=torch.float64)
+        self.buffer = torch.zeros(self.capacity, domain.dim, dtype=torch.float64)
         self.filled = 0
         self.calls = 0
         self.rounds = 0
@@ -96,7 +97,7 @@ class Counterexamples(PointSource):
         new = res.worst_inputs[worst > 0].to(torch.float64)
         if new.numel() == 0:
             return 0
-        free = self.num_points - self.filled
+        free = self.capacity - self.filled
         take = min(free, new.shape[0])
         self.buffer[self.filled: self.filled + take] = new[:take]
         self.filled += take
@@ -109,7 +110,12 @@ class Counterexamples(PointSource):
         self.found += new.shape[0]
         return int(new.shape[0])
 
-    def points(self, batch_x, batch_index, generator):  # type: ignore[no-untyped-def]
+    def points(
+        self,
+        batch_x: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         dtype = batch_x.dtype if batch_x is not None else torch.get_default_dtype()
         device = batch_x.device if batch_x is not None else torch.device("cpu")
         if self.calls % self.every == 0:
@@ -127,5 +133,5 @@ class Counterexamples(PointSource):
         return self.buffer[idx].to(dtype=dtype, device=device), idx.to(device)
 
     def __repr__(self) -> str:
-        return (f"Counterexamples(capacity={self.num_points}, every={self.every}, "
+        return (f"Counterexamples(capacity={self.capacity}, every={self.every}, "
                 f"filled={self.filled})")

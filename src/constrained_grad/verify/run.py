@@ -76,8 +76,10 @@ def _certify(model: Any, c: DerivativeConstraint, domain: Box, tol: float,
                 upper = -c.margin + c.tolerance + tol
         else:
             assert isinstance(c, DerivativeBound)
-            lower = None if c.lower is None else c.lower - c.tolerance - tol  # type: ignore[operator]
-            upper = None if c.upper is None else c.upper + c.tolerance + tol  # type: ignore[operator]
+            lo, hi = c.lower, c.upper
+            assert (lo is None or isinstance(lo, float)) and (hi is None or isinstance(hi, float))
+            lower = None if lo is None else lo - c.tolerance - tol
+            upper = None if hi is None else hi + c.tolerance + tol
         cert = certify_derivative_sign(model, domain.low, domain.high, input_index=j,
                                        output_index=i, lower=lower, upper=upper,
                                        time_limit=time_limit, fixed=domain.fixed or None,
@@ -117,7 +119,7 @@ def _counterexamples(result: SearchResult, c: DerivativeConstraint, model: Any, 
             vals = evaluate(model, xx, c.needs, create_graph=False)
             block = vals.columns(c._inputs)[0]  # (m, k)
             for i in c._outputs:  # type: ignore[attr-defined]
-                for kk, j in enumerate(c._inputs):  # type: ignore[attr-defined]
+                for kk, j in enumerate(c._inputs):
                     derivs[f"df[{i}]/dx[{j}]"] = float(block[i, kk])
         out.append(Counterexample(x=x.tolist(), violation=float(v[k]),
                                   component=names[k] if k < len(names) else str(k),
