@@ -213,13 +213,15 @@ class GradientMatch(DerivativeConstraint):
             field of a dict batch), or a function of the batch. Shape per point: ``(d,)`` for
             a single selected output, else ``(outputs, d)``.
         outputs: outputs whose rows are matched (default all).
-        tolerance: allowed mean squared error :math:`\tau`.
         normalize: divide the squared error by the batch's mean :math:`\|S\|^2`, so that
             ``tolerance=1e-4`` means a 1% relative RMS error.
         estimator: ``"exact"`` (all rows) or ``"vjp_sphere"`` (``samples`` random output
             projections :math:`\|v^\top (J - S)\|^2`, unbiased, for many outputs).
 
-    The default reduction is ``"mean"``: the constraint is on the batch-mean error.
+    The tolerance (keyword ``tolerance=``, common to all constraints) is the allowed mean
+    squared error :math:`\tau`; with the default 0 the constraint can never hold strictly and
+    its multiplier keeps growing, acting as an ever larger weight on the matching error. The
+    default reduction is ``"mean"``: the constraint is on the batch-mean error.
     """
 
     default_reduction = "mean"

@@ -183,6 +183,15 @@ class Trainer:
         if dual is not None:
             dual.backward()
 
+    def nonfinite_state(self) -> list[str]:
+        """Parameters and multipliers holding NaN/inf: a state never worth checkpointing."""
+        named = [(f"parameter {n}", p) for n, p in _named_params(self.problem.model)]
+        named += [(f"{n}/multiplier", m.weight) for n, m in self._multipliers.items()
+                  if m is not None]
+        if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
+            return []
+        return [label for label, t in named if not bool(torch.isfinite(t).all())]
+
     def _nonfinite(self, row: list[float], epoch: int) -> None:
         what = [self._labels[i] for i in self._finite_idx if not math.isfinite(row[i])]
         what += [f"parameter {pn}" for pn, p in _named_params(self.problem.model)
@@ -248,7 +257,7 @@ class Trainer:
                                   "optimizers and constraints, or start a new run directory."
                                   ) from err
         restored = History.from_dict(state["history"])
-        self.history.truncate(0)
+        self.history.truncate(-1)  # drop every row: the checkpoint holds the whole history
         self.history.extend(restored)
         self.step_count = int(state["step"])
         self.skipped = int(state["skipped"])
@@ -367,8 +376,16 @@ def fit(
     idx_max = [2 + k * n + 1 for k in range(len(trainer.names))]
     position: dict[str, Any] = {"epoch": start_epoch, "batch_in_epoch": skip_batches, "epoch_rng": epoch_rng}
 
-    def save() -> None:
+    def save(check: bool = False) -> None:
         if ckpt_path is not None:
+            bad = trainer.nonfinite_state()
+            if bad:  # never replace the last good checkpoint by a broken state
+                if check and on_nonfinite == "raise":
+                    raise NonFiniteError(
+                        f"fit: non-finite {', '.join(bad)} after step {trainer.step_count - 1} "
+                        f"(epoch {position['epoch']}); {ckpt_path} keeps the last finite state. "
+                        "Lower the learning rates or check the data for NaN/inf.")
+                return
             state = trainer.state_dict()
             state.update(position, rng=checkpoint.capture_rng(),
                          loader_rng=None if gen is None else gen.get_state())
@@ -419,7 +436,7 @@ def fit(
                 if eval_fn is not None and eval_every and trainer.step_count % eval_every == 0:
                     trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
                 if checkpoint_every and trainer.step_count % checkpoint_every == 0:
-                    save()
+                    save(check=True)
                 info = StepInfo(trainer.step_count, epoch, row[0], worst, trainer.history, problem)
                 if any(cb(info) is True for cb in callbacks):
                     stopped = "callback"
@@ -445,7 +462,7 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
-    save()
+    save(check=True)
     if eval_fn is not None:
         trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
     return FitResult(trainer.history, problem, trainer.step_count, stopped,

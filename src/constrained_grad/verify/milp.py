@@ -736,10 +736,9 @@ def _solve_side(
     milp_value = None if sol is None else float(_eval_entries([target], sol)[0])
     milp_bound: float | None = None
     dual = getattr(res, "mip_dual_bound", None)
-    if mode == "decide":
-        if res.status == 2:
-            milp_bound = bound - sign * tol
-    elif dual is not None and np.isfinite(dual):
+    if mode == "decide" and res.status == 2:
+        milp_bound = bound - sign * tol
+    elif dual is not None and np.isfinite(dual):  # in "decide" mode: bound over violators
         milp_bound = sign * float(dual) + target.const
     elif res.status == 0:  # no binaries: an LP, its optimum is exact
         milp_bound = milp_value
