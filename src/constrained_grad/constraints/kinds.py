@@ -59,7 +59,8 @@ class _ColumnConstraint(DerivativeConstraint):
 
     def block(self, values: DerivativeValues) -> torch.Tensor:
         """``(B, len(outputs), len(inputs))`` block of the Jacobian."""
-        return values.columns(self._inputs)[:, self._outputs, :]
+        cols = values.columns(self._inputs)
+        return cols if self.outputs is None else cols[:, self._outputs, :]
 
     @property
     def component_names(self) -> list[str]:

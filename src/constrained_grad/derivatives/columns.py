@@ -71,6 +71,9 @@ def columns_from_forward(
     """
     if fwd.coupled:
         method = "reverse"
+    if method == "reverse" and fwd.n_outputs == 1 and not fwd.coupled:  # one output: one VJP
+        g = checked_grad(fwd.y, fwd.x, torch.ones_like(fwd.y), create_graph=create_graph, who=who)
+        return g.reshape(fwd.batch, 1, -1)[:, :, inputs], "reverse"
     if method == "reverse":
         vectors = unit_vectors(list(range(fwd.n_outputs)), fwd.n_outputs, fwd.y)
         vectors = vectors.unsqueeze(1).expand(-1, fwd.batch, -1)  # (m, B, m)

@@ -116,6 +116,8 @@ class DerivativeValues:
                 for k, j in enumerate(wanted):
                     self._columns[j] = cols[:, :, k]
                 self.paths["columns"] = path
+        if len(inputs) == 1:
+            return self._columns[inputs[0]].unsqueeze(-1)
         return torch.stack([self._columns[j] for j in inputs], dim=-1)
 
     def rows(self, outputs: Sequence[int]) -> torch.Tensor:
@@ -190,6 +192,7 @@ def evaluate(
     column_method: str = "auto",
     index: torch.Tensor | None = None,
     graph_in_x: bool = False,
+    coupled: bool | None = None,
 ) -> DerivativeValues:
     """Prepare the shared derivative computation of ``f`` at ``x`` for ``needs``.
 
@@ -202,6 +205,8 @@ def evaluate(
         graph_in_x: keep every derivative differentiable with respect to ``x`` itself
             (``x`` must then be the tensor ``outputs`` were computed from), as the
             adversarial search of :func:`constrained_grad.verify` needs.
+        coupled: whether ``f`` couples the samples (train-mode BatchNorm) when ``outputs``
+            are given; ``None`` scans the model (a caller that knows can skip the scan).
     """
     if outputs is None:
         fwd = forward(f, x, "evaluate")
@@ -210,7 +215,9 @@ def evaluate(
             raise EngineError("evaluate: outputs were given but x does not require grad, so they "
                               "cannot have been computed from it. Call x.requires_grad_() "
                               "before the forward pass, or omit outputs.")
-        fwd = wrap_forward(x, outputs, "evaluate", coupled=has_train_mode_batchnorm(f))
+        if coupled is None:
+            coupled = has_train_mode_batchnorm(f)
+        fwd = wrap_forward(x, outputs, "evaluate", coupled=coupled)
     return DerivativeValues(f, fwd, needs, create_graph=create_graph, generator=generator,
                             column_method=column_method, index=index, graph_in_x=graph_in_x)
 

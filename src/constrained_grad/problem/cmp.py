@@ -187,6 +187,10 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             key = "batch" if c.where.uses_batch else id(c.where)
             self._groups.setdefault(key, []).append(name)
         self._uses_batch = any(c.where.uses_batch for c in self.specs.values())
+        # BatchNorm layers couple the samples in training mode; checked each step, cheaply
+        self._batchnorms = [m for m in model.modules()
+                            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] \
+            if isinstance(model, torch.nn.Module) else []
         self.last_evals: dict[str, ConstraintEval] = {}
         self._last_points: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -315,7 +319,8 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         if source.uses_batch:
             return evaluate(self.model, x, needs, outputs=outputs, create_graph=create_graph,
                             generator=self.generator, column_method=self.column_method,
-                            index=b.index)
+                            index=b.index,
+                            coupled=any(m.training for m in self._batchnorms))
         key = id(source)
         if reuse_points and key in self._last_points:
             points, index = self._last_points[key]

@@ -61,3 +61,28 @@ def build_dual_optimizer(
         return torch.optim.Adam(groups, lr=dual_lr, maximize=True), names
     raise InputValidationError(f"fit: unknown dual_optimizer {dual_optimizer!r}. Use 'sgd', "
                                "'adam' or a factory (param_groups) -> optimizer.")
+
+
+def _is_plain_ascent_sgd(opt: torch.optim.Optimizer) -> bool:
+    return (type(opt) is torch.optim.SGD
+            and not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+            and all(g["maximize"] and g["momentum"] == 0 and g["weight_decay"] == 0
+                    and not g["nesterov"] for g in opt.param_groups))
+
+
+def dual_step(opt: torch.optim.Optimizer) -> None:
+    r"""One dual ascent step :math:`\lambda \leftarrow \lambda + \eta\, \nabla_\lambda L`.
+
+    For the default plain SGD ascent (no momentum, no weight decay, no hooks) the update is
+    applied in place directly — the same arithmetic as ``torch.optim.SGD(maximize=True)``,
+    without its ~70 µs of per-call machinery, which matters for small tabular models where
+    a whole training step takes about a millisecond. Any other optimizer steps as usual.
+    """
+    if not _is_plain_ascent_sgd(opt):
+        opt.step()
+        return
+    with torch.no_grad():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=group["lr"])

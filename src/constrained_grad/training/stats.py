@@ -17,6 +17,8 @@ import torch
 FIELDS = ("violation_mean", "violation_max", "fraction_violated", "multiplier_mean",
           "multiplier_max", "multiplier_min", "multiplier_q50", "multiplier_q90")
 SMALL_MULTIPLIER = 32
+#: violation matrices up to this size are summarised in Python after the one sync
+RAW_VIOLATIONS = 256
 _NAN = float("nan")
 
 
@@ -31,7 +33,7 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
 def summarise(values: Sequence[float]) -> list[float]:
     """mean, max, min, q50, q90 of a small list of multiplier values."""
     s = sorted(values)
-    return [math.fsum(s) / len(s), s[-1], s[0], _quantile(s, 0.5), _quantile(s, 0.9)]
+    return [sum(s) / len(s), s[-1], s[0], _quantile(s, 0.5), _quantile(s, 0.9)]
 
 
 class StepStats:
@@ -40,6 +42,7 @@ class StepStats:
     def __init__(self, names: Sequence[str], weights: dict[str, torch.Tensor | None]) -> None:
         self.names = list(names)
         self.weights = weights
+        self._raw: list[int] = []
         self.kind = {}
         for name in self.names:
             w = weights[name]
@@ -48,23 +51,33 @@ class StepStats:
 
     def pack(self, loss: torch.Tensor | None, lagrangian: torch.Tensor | None,
              violations: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One flat tensor; small violation matrices travel raw (summarised in Python)."""
         ref = next(iter(violations.values())) if violations else (
             loss if loss is not None else torch.zeros(()))
         dtype, device = ref.dtype, ref.device
-        parts = [torch.stack([
-            loss.detach().reshape(()).to(dtype) if loss is not None
-            else torch.full((), _NAN, dtype=dtype, device=device),
-            lagrangian.detach().reshape(()).to(dtype) if lagrangian is not None
-            else torch.full((), _NAN, dtype=dtype, device=device)])]
+
+        def flat(t: torch.Tensor | None) -> torch.Tensor:
+            if t is None:
+                return torch.full((1,), _NAN, dtype=dtype, device=device)
+            t = t.detach().reshape(-1)
+            return t if t.dtype == dtype else t.to(dtype)
+
+        parts = [flat(loss), flat(lagrangian)]
+        self._raw = []
         for name in self.names:
-            g = violations[name].reshape(-1).to(dtype)
-            parts.append(torch.stack([g.mean(), g.max(), (g > 0).to(dtype).mean()]))
+            g = flat(violations[name])
+            if g.numel() <= RAW_VIOLATIONS:
+                self._raw.append(g.numel())
+                parts.append(g)
+            else:
+                self._raw.append(0)
+                parts.append(torch.stack([g.mean(), g.max(), (g > 0).to(dtype).mean()]))
         for name in self.names:
             w = self.weights[name]
             if self.kind[name] == "small":
-                parts.append(w.detach().reshape(-1).to(dtype))  # type: ignore[union-attr]
+                parts.append(flat(w))
             elif self.kind[name] == "large":
-                m = w.detach().reshape(-1).to(dtype)  # type: ignore[union-attr]
+                m = flat(w)
                 q = torch.quantile(m, torch.tensor([0.5, 0.9], dtype=dtype, device=m.device))
                 parts.append(torch.cat([torch.stack([m.mean(), m.max(), m.min()]), q]))
         return torch.cat(parts)
@@ -72,8 +85,18 @@ class StepStats:
     def unpack(self, flat: list[float]) -> tuple[list[float], dict[str, list[float]] | None]:
         """The history row (``2 + 8 * constraints`` values) and the small multipliers."""
         row = flat[:2]
-        viol = flat[2: 2 + 3 * len(self.names)]
-        pos = 2 + 3 * len(self.names)
+        pos = 2
+        viol: list[list[float]] = []
+        for n_raw in self._raw:
+            if n_raw:
+                g = flat[pos: pos + n_raw]
+                mean = sum(g) / n_raw
+                worst = _NAN if math.isnan(mean) else max(g)  # max() ignores NaN by accident
+                viol.append([mean, worst, sum(v > 0 for v in g) / n_raw])
+                pos += n_raw
+            else:
+                viol.append(flat[pos: pos + 3])
+                pos += 3
         small: dict[str, list[float]] = {}
         mult: dict[str, list[float]] = {}
         for name in self.names:
@@ -89,5 +112,5 @@ class StepStats:
             else:
                 mult[name] = [_NAN] * 5
         for k, name in enumerate(self.names):
-            row += viol[3 * k: 3 * k + 3] + mult[name]
+            row += viol[k] + mult[name]
         return row, (small or None)
