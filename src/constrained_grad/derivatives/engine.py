@@ -291,5 +291,6 @@ def _constraint_violations(
             values = evaluate(f, xr, constraint.needs, outputs=f(xr), create_graph=True,
                               graph_in_x=True, column_method=column_method)
             return constraint.violations(values, None)
-    values = evaluate(f, x, constraint.needs, create_graph=False, column_method=column_method)
-    return constraint.violations(values, None).detach()
+    with torch.enable_grad():  # derivatives need autograd even when the caller is in no_grad
+        values = evaluate(f, x, constraint.needs, create_graph=False, column_method=column_method)
+        return constraint.violations(values, None).detach()

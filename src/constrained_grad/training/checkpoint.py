@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from constrained_grad.errors import CheckpointError
+from constrained_grad.history.record import atomic_writer
 
 FORMAT = "constrained_grad.checkpoint/1"
 
@@ -82,21 +82,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_writer(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def prepare_dir(folder: Any) -> Path:

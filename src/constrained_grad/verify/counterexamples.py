@@ -103,8 +103,7 @@ class Counterexamples(PointSource):
         self.filled += take
         rest = new[take:]
         if rest.shape[0]:  # full: replace the buffered points with the most slack
-            with torch.no_grad():
-                slack = self._all_violations(self.buffer.to(device=device, dtype=dtype), False)
+            slack = self._all_violations(self.buffer.to(device=device, dtype=dtype), False)
             order = torch.argsort(slack.max(dim=1).values.cpu())[: rest.shape[0]]
             self.buffer[order] = rest[: order.numel()]
         self.found += new.shape[0]
