@@ -421,6 +421,7 @@ def plot_partial_dependence(
     tol: float = 0.0,
     chunk_size: int = 65536,
     dpi: float = 120,
+    direction: str = "increasing",
 ) -> Figure:
     """Partial dependence of the model on one input, with the sign of its slope.
 
@@ -443,7 +444,14 @@ def plot_partial_dependence(
         tol: slopes in ``[-tol, 0)`` count as non-negative.
         chunk_size: most rows evaluated at once.
         dpi: resolution of raster exports.
+        direction: the sign the constraint asks for. ``"increasing"`` (default) marks
+            negative slopes in red as violations; ``"decreasing"`` marks positive slopes
+            (labels ``"output {i} slope > 0"``) and shades negative runs green.
     """
+    if direction not in ("increasing", "decreasing"):
+        raise InputValidationError(f"plot_partial_dependence: direction must be 'increasing' "
+                                   f"or 'decreasing' (got {direction!r}).")
+    decreasing = direction == "decreasing"
     who = "plot_partial_dependence"
     given = _resolve_axes(None, axes, 2, who, ["partial dependence", "derivative"])
     pd = partial_dependence(
@@ -470,7 +478,8 @@ def plot_partial_dependence(
     for c, i in enumerate(pd.outputs):
         color = colors[c % len(colors)]
         mean, slope = pd.mean[:, c], pd.slope[:, c]
-        neg = slope < -tol
+        neg = slope > tol if decreasing else slope < -tol  # the sign the constraint forbids
+        bad = "slope > 0" if decreasing else "slope < 0"
         ax_pd.plot(pd.grid, mean, color=color, label=f"output {i} partial dependence")
         if np.any(neg):
             ax_pd.plot(
@@ -481,7 +490,7 @@ def plot_partial_dependence(
                 alpha=0.45,
                 solid_capstyle="round",
                 zorder=1.9,
-                label=f"output {i} slope < 0",
+                label=f"output {i} {bad}",
             )
         ax_d.plot(pd.grid, slope, color=color, label=f"output {i} mean derivative")
         if np.any(neg):
@@ -494,7 +503,7 @@ def plot_partial_dependence(
                 color=_NEG_COLOR,
                 alpha=0.3,
                 linewidth=0,
-                label=f"output {i} slope < 0",
+                label=f"output {i} {bad}",
             )
     if single:
         seen: set[bool] = set()
@@ -504,8 +513,8 @@ def plot_partial_dependence(
             span = ax_pd.axvspan(
                 x0,
                 x1,
-                color=_NEG_COLOR if negative else _POS_COLOR,
-                alpha=0.12 if negative else 0.07,
+                color=_NEG_COLOR if negative != decreasing else _POS_COLOR,
+                alpha=0.12 if negative != decreasing else 0.07,
                 linewidth=0,
                 label=label if label is not None else "_nolegend_",
             )

@@ -25,7 +25,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +33,7 @@ from constrained_grad.errors import CheckpointError, InputValidationError, NonFi
 from constrained_grad.history import History
 from constrained_grad.problem import DerivativeProblem
 from constrained_grad.training import checkpoint
-from constrained_grad.training.dual import DualFactory, build_dual_optimizer
+from constrained_grad.training.dual import DualFactory, build_dual_optimizer, dual_step
 from constrained_grad.training.lagrangian import StepLagrangian
 from constrained_grad.training.stats import FIELDS, StepStats
 
@@ -118,6 +117,7 @@ class Trainer:
         self.history = history if history is not None else History(self.names)
         self.step_count = len(self.history)
         self.skipped = 0
+        self.state_consistent = True  # False after a failure between primal and dual updates
         self._multipliers = {n: c.multiplier for n, c in problem.named_constraints()}
         self._stepped_multipliers = [problem._constraints[n].multiplier for n in self.dual_names]
         self._dual_weights: list[torch.Tensor] = [
@@ -159,9 +159,7 @@ class Trainer:
         if total is not None and total.requires_grad:
             total.backward()
         self.primal_optimizer.step()
-        if self._steps_dual:
-            if not simultaneous:
-                self._alternating_dual(batch)
+        if self._steps_dual and (simultaneous or self._alternating_dual(batch, epoch)):
             self._dual_step()
         self.history.log_step(self.step_count, epoch, time.perf_counter() - self._t0, row, small)
         self.step_count += 1
@@ -169,23 +167,41 @@ class Trainer:
 
     def _dual_step(self) -> None:
         assert self.dual_optimizer is not None
-        self.dual_optimizer.step()
+        dual_step(self.dual_optimizer)
         for multiplier in self._stepped_multipliers:
             if multiplier is not None:
                 multiplier.post_step_()
 
-    def _alternating_dual(self, batch: Any) -> None:
-        """Dual gradients from violations re-evaluated at the new weights (grad enabled)."""
+    def _alternating_dual(self, batch: Any, epoch: int) -> bool:
+        """Dual gradients from violations re-evaluated at the new weights (grad enabled).
+
+        Returns False (no dual step) if they are not finite and ``on_nonfinite="skip"``;
+        raises :class:`NonFiniteError` naming the constraints otherwise.
+        """
         for weight in self._dual_weights:
             weight.grad = None
         state = self.problem.compute_cmp_state(batch, create_graph=False, reuse_points=True)
         _, dual = self._lagrangian(state, primal=False, dual=True)
         if dual is not None:
             dual.backward()
+        bad = [n for n, w in zip(self.dual_names, self._dual_weights, strict=True)
+               if w.grad is not None and not _all_finite(w.grad)]
+        if not bad:
+            return True
+        for weight in self._dual_weights:
+            weight.grad = None
+        if self.on_nonfinite == "raise":
+            self.state_consistent = False  # weights stepped, step not logged: do not save
+            raise NonFiniteError(f"fit: non-finite violation of {', '.join(bad)} re-evaluated "
+                                 f"after the primal update of step {self.step_count} (epoch "
+                                 f"{epoch}). Lower the learning rates, or pass "
+                                 "on_nonfinite='skip' to skip such dual updates.")
+        return False
 
     def nonfinite_state(self) -> list[str]:
         """Parameters and multipliers holding NaN/inf: a state never worth checkpointing."""
-        named = [(f"parameter {n}", p) for n, p in _named_params(self.problem.model)]
+        named: list[tuple[str, Any]] = [(f"parameter {n}", p)
+                                        for n, p in _named_params(self.problem.model)]
         named += [(f"{n}/multiplier", m.weight) for n, m in self._multipliers.items()
                   if m is not None]
         if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
@@ -226,10 +242,11 @@ class Trainer:
         checkpoint.require_keys(state, _TRAINER_KEYS, source)
         checkpoint.check_signature(state["constraints"], self.problem, source)
         saved_type = state.get("primal_optimizer_type", type(self.primal_optimizer).__name__)
-        if saved_type != type(self.primal_optimizer).__name__:
+        current_type = type(self.primal_optimizer).__name__
+        if saved_type != current_type:
             raise CheckpointError(f"load_checkpoint: {source} holds a {saved_type} state but this "
-                                  f"run's primal optimizer is {type(self.primal_optimizer).__name__}"
-                                  ". Resume with the same optimizer or start a new run directory.")
+                                  f"run's primal optimizer is {current_type}. Resume with the "
+                                  "same optimizer or start a new run directory.")
         saved_dual = state["dual_optimizer"]
         saved_names = None if saved_dual is None else saved_dual["names"]
         if saved_names != (self.dual_names if self.dual_optimizer is not None else None):
@@ -268,6 +285,10 @@ class Trainer:
 _TRAINER_KEYS = ("constraints", "model", "primal_optimizer", "dual_optimizer", "cmp",
                  "problem_generator", "history", "step", "skipped")
 _FIT_KEYS = ("epoch", "batch_in_epoch", "epoch_rng", "rng", "loader_rng")
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t._values() if t.is_sparse else t).all())
 
 
 def _named_params(model: Any) -> Iterable[tuple[str, torch.Tensor]]:
@@ -424,7 +445,8 @@ def fit(
                 try:
                     row = trainer.step(batch, epoch)
                 except NonFiniteError:
-                    save()  # the state before the failed step is intact
+                    if trainer.state_consistent:
+                        save()  # the state before the failed step is intact
                     raise
                 position["batch_in_epoch"] = seen
                 worst = max((row[i] for i in idx_max), default=float("nan"))
