@@ -1,0 +1,543 @@
+r"""Monotone regression and classification on public datasets, with verification.
+
+Datasets (``/work/shared/datasets``, see its README): Auto-MPG (regression, mpg decreasing in
+displacement, horsepower, weight; metric test MSE in mpg²), Heart (classification, risk
+increasing in ``trestbps`` and ``chol``; accuracy) and COMPAS (classification, recidivism
+increasing in the four count features; accuracy).
+
+Protocols:
+
+``clean``  ``--seeds`` seeded 80/20 splits of all rows; 20% of the train part is held out for
+           validation; the checkpoint (epoch) is chosen on validation only; mean ± std of the
+           test metric over seeds.
+``comet``  the fixed COMET train/test files (Auto-MPG, Heart); validation carved (20%, seeded)
+           from the train file; mean ± std over seeds of the carve and of the initialisation.
+
+Methods:
+
+``unconstrained``  MLP d→64→64→1, ReLU.
+``constrained``    the same MLP trained with :class:`constrained_grad.Monotonic` on every batch
+                   (mean hinge), at ``--box-points`` uniform points of the data box and at
+                   counterexamples found by adversarial search during training
+                   (:class:`constrained_grad.Counterexamples`, pointwise multipliers), margin
+                   ``--margin`` off the batch, Lagrangian formulation. Checkpoints are
+                   eligible from half of the epochs on and only if no violation shows at the
+                   validation points, the buffered counterexamples or in a short box search.
+``lmn``            Lipschitz monotonic network (``monotonicnetworks`` package, GroupSort, 64-64),
+                   monotone by construction; skipped with a message if the package is missing.
+
+Every trained ReLU model is verified with :func:`constrained_grad.verify` over the box spanned
+by the standardised data (all features free in their data range), ``certify="auto"`` (exact
+MILP, a per-MILP ``--time-limit``). ``max_violation`` is the largest derivative of the wrong
+sign found (standardised units, mpg or logit per standard deviation), ``certified`` is True
+(MILP proof), False (a violation was confirmed) or None (no proof within the time limit).
+
+Run: ``python benchmarks/monotone_datasets.py --dataset auto-mpg --quick --json out.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import constrained_grad as cg
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DATASETS = ("auto-mpg", "heart", "compas")
+METHODS = ("unconstrained", "constrained", "lmn")
+MPG_FEATURES = [
+    "cylinders",
+    "displacement",
+    "horsepower",
+    "weight",
+    "acceleration",
+    "model year",
+    "origin",
+]
+HEART_FEATURES = [
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "slope",
+    "ca",
+    "thal",
+]
+COMPAS_COUNTS = ["priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"]
+COMPAS_RACES = ["African-American", "Asian", "Caucasian", "Hispanic", "Native American", "Other"]
+
+
+@dataclass
+class Table:
+    """Raw features ``x`` (n, d), targets ``y`` (n,), monotone feature indices and direction."""
+
+    x: np.ndarray
+    y: np.ndarray
+    names: list[str]
+    monotone: list[int]
+    direction: str  # "increasing" | "decreasing"
+    task: str  # "regression" | "classification"
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _table(
+    rows: list[dict[str, str]],
+    features: list[str],
+    target: str,
+    monotone: list[str],
+    direction: str,
+    task: str,
+) -> Table:
+    x = np.array([[float(r[f]) for f in features] for r in rows], dtype=np.float64)
+    y = np.array([float(r[target]) for r in rows], dtype=np.float64)
+    return Table(x, y, features, [features.index(m) for m in monotone], direction, task)
+
+
+def load_auto_mpg(part: str | None = None) -> Table:
+    """All 392 complete rows (``part=None``) or the COMET ``"train"``/``"test"`` file."""
+    mono = ["displacement", "horsepower", "weight"]
+    if part is None:
+        rows = [r for r in _read(DATA_DIR / "auto-mpg.csv") if "?" not in r["horsepower"]]
+        return _table(rows, MPG_FEATURES, "mpg", mono, "decreasing", "regression")
+    rows = _read(DATA_DIR / f"auto-mpg_comet_{part}.csv")
+    rows = [{k.lower(): v for k, v in r.items()} for r in rows]
+    return _table(rows, MPG_FEATURES, "mpg", mono, "decreasing", "regression")
+
+
+def load_heart(part: str | None = None) -> Table:
+    """Both files stacked (``part=None``) or the COMET ``"train"``/``"test"`` file."""
+    parts = ["train", "test"] if part is None else [part]
+    rows = [r for p in parts for r in _read(DATA_DIR / f"heart_{p}.csv")]
+    return _table(
+        rows, HEART_FEATURES, "target", ["trestbps", "chol"], "increasing", "classification"
+    )
+
+
+def load_compas() -> Table:
+    """ProPublica's filter; counts, min-max scaled age, one-hot race (6) and sex (2)."""
+    rows = []
+    for r in _read(DATA_DIR / "compas_scores_two_years.csv"):
+        if r["days_b_screening_arrest"] == "" or abs(float(r["days_b_screening_arrest"])) > 30:
+            continue
+        if r["is_recid"] == "-1" or r["c_charge_degree"] == "O" or r["score_text"] == "N/A":
+            continue
+        rows.append(r)
+    age = np.array([float(r["age"]) for r in rows])
+    age = (age - age.min()) / (age.max() - age.min())
+    feats = [[float(r[c]) for c in COMPAS_COUNTS] for r in rows]
+    x = np.column_stack(
+        [
+            np.array(feats),
+            age,
+            np.array([[float(r["race"] == k) for k in COMPAS_RACES] for r in rows]),
+            np.array([[float(r["sex"] == s) for s in ("Male", "Female")] for r in rows]),
+        ]
+    )
+    names = COMPAS_COUNTS + ["age"] + [f"race={k}" for k in COMPAS_RACES] + ["male", "female"]
+    y = np.array([float(r["two_year_recid"]) for r in rows])
+    return Table(x, y, names, list(range(4)), "increasing", "classification")
+
+
+@dataclass
+class Split:
+    """Standardised tensors (float32) of one train/validation/test split."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    box: cg.Box  # per-feature [min, max] of all standardised rows
+    y_scale: float  # standard deviation of the regression target (1 for classification)
+
+
+def make_split(train: Table, test: Table | None, seed: int) -> Split:
+    """``test=None``: seeded 80/20 split of ``train``; then 20% of train for validation."""
+    rng = np.random.default_rng(seed)
+    if test is None:
+        order = rng.permutation(len(train.y))
+        n_test = round(0.2 * len(order))
+        te, tr = order[:n_test], order[n_test:]
+        x_tr, y_tr, x_te, y_te = train.x[tr], train.y[tr], train.x[te], train.y[te]
+    else:
+        x_tr, y_tr, x_te, y_te = train.x, train.y, test.x, test.y
+    order = rng.permutation(len(y_tr))
+    n_val = round(0.2 * len(order))
+    va, tr = order[:n_val], order[n_val:]
+    x_va, y_va, x_tr, y_tr = x_tr[va], y_tr[va], x_tr[tr], y_tr[tr]
+    mu, sd = x_tr.mean(0), x_tr.std(0)
+    sd[sd == 0] = 1.0
+    y_mu, y_sd = 0.0, 1.0
+    if train.task == "regression":
+        y_mu, y_sd = float(y_tr.mean()), float(y_tr.std())
+
+    def tx(a: np.ndarray) -> torch.Tensor:
+        return torch.tensor((a - mu) / sd, dtype=torch.float32)
+
+    def ty(a: np.ndarray) -> torch.Tensor:
+        return torch.tensor((a - y_mu) / y_sd, dtype=torch.float32).unsqueeze(1)
+
+    all_x = np.concatenate([x_tr, x_va, x_te])
+    z = (all_x - mu) / sd
+    low, high = z.min(0), z.max(0)
+    high = np.maximum(high, low + 1e-6)  # constant features: keep the box non-degenerate
+    return Split(
+        tx(x_tr),
+        ty(y_tr),
+        tx(x_va),
+        ty(y_va),
+        tx(x_te),
+        ty(y_te),
+        cg.Box(low.tolist(), high.tolist()),
+        y_sd,
+    )
+
+
+def mlp(d: int, width: int = 64) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
+    )
+
+
+def lmn_model(
+    d: int, monotone: list[int], direction: str, lipschitz: float, width: int = 64
+) -> nn.Module | None:
+    """Lipschitz monotonic network (Kitouni et al.), or None if the package is missing."""
+    try:
+        import monotonicnetworks as lmn
+    except ImportError:
+        return None
+    sign = 1.0 if direction == "increasing" else -1.0
+    flags = [sign if j in monotone else 0.0 for j in range(d)]
+    body = nn.Sequential(
+        lmn.LipschitzLinear(d, width, kind="one-inf", lipschitz_const=lipschitz),
+        lmn.GroupSort(width // 2),
+        lmn.LipschitzLinear(width, width, kind="inf"),
+        lmn.GroupSort(width // 2),
+        lmn.LipschitzLinear(width, 1, kind="inf"),
+    )
+    return lmn.MonotonicWrapper(body, lipschitz_const=lipschitz, monotonic_constraints=flags)
+
+
+def loss_fn(task: str) -> Any:
+    return F.mse_loss if task == "regression" else F.binary_cross_entropy_with_logits
+
+
+def metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, y_scale: float) -> float:
+    """Test MSE in target units² (regression) or accuracy (classification)."""
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    model.train()
+    if task == "regression":
+        return float(F.mse_loss(out, y)) * y_scale**2
+    return float(((out > 0).float() == y).float().mean())
+
+
+def val_violations(model: nn.Module, x: torch.Tensor, monotone: list[int], direction: str) -> int:
+    """Validation points where some monotone derivative has the wrong sign."""
+    model.eval()
+    cols = cg.jacobian_columns(model, x, monotone, create_graph=False)[:, 0, :]
+    model.train()
+    wrong = cols < 0 if direction == "increasing" else cols > 0
+    return int(wrong.any(dim=1).sum())
+
+
+def looks_monotone(model: nn.Module, table: Table, split: Split, source: Any, seed: int) -> bool:
+    """Checkpoint eligibility from training-side information only: no violation at the
+    validation points, at the buffered counterexamples, nor found by a short search."""
+    pts = torch.cat([split.x_val, source.buffer[: source.filled].float()])
+    if val_violations(model, pts, table.monotone, table.direction) > 0:
+        return False
+    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
+    rep = cg.verify(
+        model, [con], split.box, samples=4096, starts=64, steps=50, certify=False, seed=seed + 1000
+    )
+    model.train()
+    return rep["monotone"].status == "no violation found"
+
+
+def train(
+    method: str, table: Table, split: Split, seed: int, cfg: argparse.Namespace
+) -> nn.Module | None:
+    """Train one model; return the checkpoint chosen on validation (None: LMN missing)."""
+    torch.manual_seed(seed)
+    d = split.x_train.shape[1]
+    task = table.task
+    better = (lambda a, b: a < b) if task == "regression" else (lambda a, b: a > b)
+    if method == "lmn":
+        model = lmn_model(d, table.monotone, table.direction, cfg.lipschitz)
+        if model is None:
+            return None
+    else:
+        model = mlp(d)
+    constraints: list[cg.Monotonic] = []
+    source = None
+    if method == "constrained":
+        source = cg.Counterexamples(
+            split.box,
+            capacity=cfg.ce_capacity,
+            every=cfg.ce_every,
+            starts=cfg.ce_starts,
+            steps=cfg.ce_steps,
+            seed=seed,
+        )
+        constraints = [
+            cg.Monotonic(table.monotone, table.direction, name="on_batch"),
+            cg.Monotonic(
+                table.monotone,
+                table.direction,
+                margin=cfg.margin,
+                where=source,
+                reduction="pointwise",
+                name="counterexamples",
+            ),
+        ]
+        if cfg.box_points:
+            constraints.append(
+                cg.Monotonic(
+                    table.monotone,
+                    table.direction,
+                    margin=cfg.margin,
+                    where=cg.InBox(split.box, n=cfg.box_points),
+                    name="in_box",
+                )
+            )
+    problem = cg.DerivativeProblem(model, loss_fn(task), constraints, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainer = cg.Trainer(problem, opt, dual_lr=cfg.dual_lr) if constraints else None
+    gen = torch.Generator().manual_seed(seed)
+    n = split.x_train.shape[0]
+    best, best_state = None, copy.deepcopy(model.state_dict())
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            batch = (split.x_train[idx], split.y_train[idx])
+            if trainer is not None:
+                trainer.step(batch, epoch=epoch)
+            else:
+                opt.zero_grad()
+                loss_fn(task)(model(batch[0]), batch[1]).backward()
+                opt.step()
+        if method == "constrained" and epoch < cfg.epochs // 2:
+            continue
+        score = metric(model, split.x_val, split.y_val, task, split.y_scale)
+        if best is not None and not better(score, best):
+            continue
+        if method == "constrained" and not looks_monotone(model, table, split, source, seed):
+            continue
+        best, best_state = score, copy.deepcopy(model.state_dict())
+    if best is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model
+
+
+def check(
+    model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace, seed: int
+) -> tuple[float | None, bool | None]:
+    """Verify monotonicity over the data box: (max violation, certified)."""
+    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
+    found = cg.verify(
+        model,
+        [con],
+        split.box,
+        samples=cfg.verify_samples,
+        starts=cfg.verify_starts,
+        steps=cfg.verify_steps,
+        certify=False,
+        seed=seed,
+    )
+    r = found["monotone"]
+    if r.status == "violated":  # confirmed by autograd; no MILP needed
+        return r.max_violation, False
+    proof = cg.verify(
+        model,
+        [con],
+        split.box,
+        samples=0,
+        adversarial=False,
+        certify="auto",
+        time_limit=cfg.time_limit,
+        seed=seed,
+    )["monotone"]
+    viol = max(v for v in (r.max_violation, proof.max_violation) if v is not None)
+    return viol, {"certified": True, "violated": False}.get(proof.status)
+
+
+def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[str, Any]]:
+    if protocol == "comet":
+        loader = load_auto_mpg if dataset == "auto-mpg" else load_heart
+        train_t, test_t = loader("train"), loader("test")
+    else:
+        train_t = {"auto-mpg": load_auto_mpg, "heart": load_heart, "compas": load_compas}[dataset]()
+        test_t = None
+    metric_name = "test_mse_mpg2" if train_t.task == "regression" else "test_accuracy"
+    results: dict[str, list[tuple[float, float | None, bool | None]]] = {}
+    for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
+        split = make_split(train_t, test_t, seed)
+        for method in cfg.methods:
+            t0 = time.perf_counter()
+            model = train(method, train_t, split, seed, cfg)
+            if model is None:
+                print(
+                    f"[{dataset}/{protocol}] {method}: package 'monotonicnetworks' not "
+                    "installed, skipped (pip install monotonicnetworks)"
+                )
+                continue
+            score = metric(model, split.x_test, split.y_test, train_t.task, split.y_scale)
+            t1 = time.perf_counter()
+            if method == "lmn":
+                viol, cert = None, None  # monotone by construction; not Linear+ReLU
+            else:
+                viol, cert = check(model, train_t, split, cfg, seed)
+            print(
+                f"[{dataset}/{protocol}] seed {seed} {method}: {metric_name} {score:.4f} "
+                f"max_violation {viol} certified {cert} (train {t1 - t0:.0f}s, verify "
+                f"{time.perf_counter() - t1:.0f}s)",
+                flush=True,
+            )
+            results.setdefault(method, []).append((score, viol, cert))
+    records = []
+    for method, rows in results.items():
+        scores = [r[0] for r in rows]
+        viols = [r[1] for r in rows if r[1] is not None]
+        certs = [r[2] for r in rows]
+        certified: bool | None
+        if method == "lmn":
+            certified = None
+        elif all(c is True for c in certs):
+            certified = True
+        elif any(c is False for c in certs):
+            certified = False
+        else:
+            certified = None
+        records.append(
+            {
+                "dataset": dataset,
+                "protocol": protocol,
+                "method": method,
+                "metric": metric_name,
+                "mean": statistics.fmean(scores),
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "max_violation": max(viols) if viols else None,
+                "certified": certified,
+                "certified_runs": f"{sum(c is True for c in certs)}/{len(certs)}",
+                "seeds": len(scores),
+            }
+        )
+    return records
+
+
+def print_table(records: list[dict[str, Any]]) -> None:
+    print(
+        "| dataset | protocol | method | metric | mean ± std | seeds | max violation | "
+        "certified (runs) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in records:
+        v = "—" if r["max_violation"] is None else f"{r['max_violation']:+.3g}"
+        c = (
+            "by construction"
+            if r["method"] == "lmn"
+            else f"{r['certified']} ({r['certified_runs']})"
+        )
+        print(
+            f"| {r['dataset']} | {r['protocol']} | {r['method']} | {r['metric']} | "
+            f"{r['mean']:.4g} ± {r['std']:.3g} | {r['seeds']} | {v} | {c} |"
+        )
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--dataset", choices=DATASETS, action="append", help="repeatable; default: all three"
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("clean", "comet"),
+        action="append",
+        help="repeatable; default: both (COMPAS has clean only)",
+    )
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--quick", action="store_true", help="2 seeds, fewer epochs, small searches")
+    p.add_argument("--seeds", type=int, default=None, help="default 5 (2 with --quick)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--dual-lr", type=float, default=1.0)
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.05,
+        help="margin at the counterexample points (standardised units)",
+    )
+    p.add_argument(
+        "--box-points", type=int, default=256, help="uniform box points per step (0: none)"
+    )
+    p.add_argument("--ce-capacity", type=int, default=256)
+    p.add_argument("--ce-every", type=int, default=20)
+    p.add_argument("--ce-starts", type=int, default=64)
+    p.add_argument("--ce-steps", type=int, default=20)
+    p.add_argument("--lipschitz", type=float, default=1.0, help="LMN Lipschitz constant")
+    p.add_argument("--verify-samples", type=int, default=None)
+    p.add_argument("--verify-starts", type=int, default=64)
+    p.add_argument("--verify-steps", type=int, default=50)
+    p.add_argument("--time-limit", type=float, default=None, help="seconds per MILP")
+    p.add_argument("--json", type=Path, default=None)
+    cfg = p.parse_args(argv)
+    cfg.seeds = cfg.seeds or (2 if cfg.quick else 5)
+    cfg.epochs = cfg.epochs or (60 if cfg.quick else 200)
+    cfg.verify_samples = cfg.verify_samples or (4096 if cfg.quick else 16384)
+    cfg.time_limit = cfg.time_limit or (30.0 if cfg.quick else 60.0)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    cfg = parse(argv)
+    torch.set_num_threads(1)
+    datasets = cfg.dataset or (["auto-mpg"] if cfg.quick else list(DATASETS))
+    protocols = cfg.protocol or ["clean", "comet"]
+    records = []
+    for ds in datasets:
+        for protocol in protocols:
+            if protocol == "comet" and ds == "compas":
+                continue
+            records += run_one(ds, protocol, cfg)
+    print_table(records)
+    if cfg.json is not None:
+        cfg.json.write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
+    return records
+
+
+if __name__ == "__main__":
+    main()
