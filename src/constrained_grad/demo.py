@@ -524,8 +524,9 @@ def _auto_mpg(ctx: _Context) -> _Outcome:
     x_ref = data.x_to_raw(data.x_train).to(dev)
     for name, j in zip(AUTO_MPG_DECREASING, mono, strict=True):
         path = ctx.out_dir / f"partial_dependence_{name}.png"
-        cg.plot_partial_dependence(raw_model, x_ref, j, path=path, feature_name=name,
-                                   direction="decreasing")
+        cg.plot_partial_dependence(
+            raw_model, x_ref, j, path=path, feature_name=name, direction="decreasing"
+        )
         files[path.name] = path
     found = ver["max_violation"]
     setup = {

@@ -62,8 +62,9 @@ def check_index_list(value: object, who: str, what: str) -> tuple[int, ...] | No
     try:
         out: tuple[Any, ...] = tuple(items)  # type: ignore[arg-type]
     except TypeError:
-        raise ConstraintSpecError(f"{who}: {what} must be an int or a list of ints "
-                                  f"(got {value!r}).") from None
+        raise ConstraintSpecError(
+            f"{who}: {what} must be an int or a list of ints (got {value!r})."
+        ) from None
     if not out:
         raise ConstraintSpecError(f"{who}: {what} is empty (got {value!r}). Name at least one.")
     for i in out:
@@ -81,9 +82,11 @@ def resolve_indices(indices: tuple[int, ...] | None, size: int, who: str, what: 
     out: list[int] = []
     for i in indices:
         if not -size <= i < size:
-            raise ConstraintSpecError(f"{who}: {what} index {i} is out of range: the model has "
-                                      f"{size} {what}s per sample. Use an index in "
-                                      f"[0, {size - 1}] (negative counts from the end).")
+            raise ConstraintSpecError(
+                f"{who}: {what} index {i} is out of range: the model has "
+                f"{size} {what}s per sample. Use an index in "
+                f"[0, {size - 1}] (negative counts from the end)."
+            )
         out.append(i % size)
     return out
 
@@ -119,33 +122,43 @@ class DerivativeConstraint:
     ) -> None:
         who = type(self).__name__
         if name is not None and (not isinstance(name, str) or not name.strip() or "/" in name):
-            raise ConstraintSpecError(f"{who}: name must be a non-empty string without '/' "
-                                      f"(got {name!r}).")
+            raise ConstraintSpecError(
+                f"{who}: name must be a non-empty string without '/' (got {name!r})."
+            )
         self.name = name
         self.where = OnBatch() if where is None else where
         if not isinstance(self.where, PointSource):
-            raise ConstraintSpecError(f"{who}: where must be OnBatch(), InBox(...), Between(...) or "
-                                      f"AtPoints(...) (got {type(where).__name__}).")
+            raise ConstraintSpecError(
+                f"{who}: where must be OnBatch(), InBox(...), Between(...) or "
+                f"AtPoints(...) (got {type(where).__name__})."
+            )
         self.reduction = self.default_reduction if reduction is None else reduction
         if self.reduction not in REDUCTIONS:
-            raise ConstraintSpecError(f"{who}: unknown reduction {self.reduction!r}. Choose one "
-                                      f"of {REDUCTIONS}.")
+            raise ConstraintSpecError(
+                f"{who}: unknown reduction {self.reduction!r}. Choose one of {REDUCTIONS}."
+            )
         if self.kind == "equality" and self.reduction in ("mean_hinge", "l2_hinge", "max"):
-            raise ConstraintSpecError(f"{who}: reduction {self.reduction!r} makes no sense for an "
-                                      "equality constraint. Use 'mean' or 'pointwise'.")
+            raise ConstraintSpecError(
+                f"{who}: reduction {self.reduction!r} makes no sense for an "
+                "equality constraint. Use 'mean' or 'pointwise'."
+            )
         if self.reduction == "pointwise" and self.where.num_points is None:
             raise ConstraintSpecError(
                 f"{who}: pointwise multipliers need points with stable ids (got where="
                 f"{self.where!r}). Use AtPoints(points) or OnBatch(num_points=len(dataset)) "
-                "with a loader over constrained_grad.with_indices(dataset).")
+                "with a loader over constrained_grad.with_indices(dataset)."
+            )
         self.tolerance = check_number(tolerance, who, "tolerance", minimum=0.0)
         self.formulation = Lagrangian() if formulation is None else formulation
         if not isinstance(self.formulation, Formulation):
-            raise ConstraintSpecError(f"{who}: formulation must be Lagrangian(), "
-                                      "AugmentedLagrangian(...), QuadraticPenalty(...) or "
-                                      f"FixedPenalty(...) (got {formulation!r}).")
-        self.dual_lr = None if dual_lr is None else check_number(dual_lr, who, "dual_lr",
-                                                                  minimum=0.0)
+            raise ConstraintSpecError(
+                f"{who}: formulation must be Lagrangian(), "
+                "AugmentedLagrangian(...), QuadraticPenalty(...) or "
+                f"FixedPenalty(...) (got {formulation!r})."
+            )
+        self.dual_lr = (
+            None if dual_lr is None else check_number(dual_lr, who, "dual_lr", minimum=0.0)
+        )
         self._needs: Needs | None = None
         self.n_components = 0
         self.n_inputs = 0
@@ -160,9 +173,11 @@ class DerivativeConstraint:
     @property
     def needs(self) -> Needs:
         if self._needs is None:
-            raise ConstraintSpecError(f"{self.label}: used before being resolved against a model. "
-                                      "Build a DerivativeProblem or call resolve(n_inputs, "
-                                      "n_outputs) first.")
+            raise ConstraintSpecError(
+                f"{self.label}: used before being resolved against a model. "
+                "Build a DerivativeProblem or call resolve(n_inputs, "
+                "n_outputs) first."
+            )
         return self._needs
 
     @property
@@ -192,8 +207,10 @@ class DerivativeConstraint:
         return "equality" if self.kind == "equality" and self.tolerance == 0 else "inequality"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, where={self.where!r}, " \
-               f"reduction={self.reduction!r})"
+        return (
+            f"{type(self).__name__}(name={self.name!r}, where={self.where!r}, "
+            f"reduction={self.reduction!r})"
+        )
 
 
 def reduce_violations(g: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,8 +230,10 @@ def reduce_violations(g: torch.Tensor, reduction: str) -> tuple[torch.Tensor, to
     if reduction == "l2_hinge":
         m = torch.relu(g).pow(2).mean(0).add(torch.finfo(g.dtype).tiny).sqrt()
         return m, m.detach()
-    raise ConstraintSpecError(f"reduce_violations: reduction {reduction!r} is not an aggregate. "
-                              "Pointwise constraints are reduced by the problem.")
+    raise ConstraintSpecError(
+        f"reduce_violations: reduction {reduction!r} is not an aggregate. "
+        "Pointwise constraints are reduced by the problem."
+    )
 
 
 BoundLike = float | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None

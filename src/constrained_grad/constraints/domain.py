@@ -35,36 +35,48 @@ class Box:
             lo = torch.as_tensor(low, dtype=torch.float64).detach().clone().reshape(-1)
             hi = torch.as_tensor(high, dtype=torch.float64).detach().clone().reshape(-1)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise InputValidationError(f"Box: low and high must be sequences of numbers (got "
-                                       f"{type(low).__name__} and {type(high).__name__}: {err}). "
-                                       "Give one bound per feature.") from err
+            raise InputValidationError(
+                f"Box: low and high must be sequences of numbers (got "
+                f"{type(low).__name__} and {type(high).__name__}: {err}). "
+                "Give one bound per feature."
+            ) from err
         if lo.shape != hi.shape:
-            raise InputValidationError(f"Box: low and high differ in shape (got {tuple(lo.shape)} "
-                                       f"and {tuple(hi.shape)}). Give one bound per feature.")
+            raise InputValidationError(
+                f"Box: low and high differ in shape (got {tuple(lo.shape)} "
+                f"and {tuple(hi.shape)}). Give one bound per feature."
+            )
         if lo.numel() == 0:
-            raise InputValidationError("Box: no features (got empty bounds). Give one bound per "
-                                       "feature.")
+            raise InputValidationError(
+                "Box: no features (got empty bounds). Give one bound per feature."
+            )
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            raise InputValidationError("Box: bounds must be finite (got NaN or inf). Clip the "
-                                       "domain to the range the data lives in.")
+            raise InputValidationError(
+                "Box: bounds must be finite (got NaN or inf). Clip the "
+                "domain to the range the data lives in."
+            )
         bad = (lo > hi).nonzero().flatten().tolist()
         if bad:
             j = bad[0]
-            raise InputValidationError(f"Box: low > high for feature {j} (got low={lo[j].item()}, "
-                                       f"high={hi[j].item()}). Swap or correct the bounds.")
+            raise InputValidationError(
+                f"Box: low > high for feature {j} (got low={lo[j].item()}, "
+                f"high={hi[j].item()}). Swap or correct the bounds."
+            )
         self.fixed = {int(k): float(v) for k, v in (fixed or {}).items()}
         self.categorical = {int(k): [float(c) for c in v] for k, v in (categorical or {}).items()}
         for name, mapping in (("fixed", self.fixed), ("categorical", self.categorical)):
             for k in mapping:
                 if not 0 <= k < lo.numel():
-                    raise InputValidationError(f"Box: {name} feature index {k} is out of range "
-                                               f"for {lo.numel()} features. Use 0..{lo.numel()-1}.")
+                    raise InputValidationError(
+                        f"Box: {name} feature index {k} is out of range "
+                        f"for {lo.numel()} features. Use 0..{lo.numel() - 1}."
+                    )
         for k, v in self.fixed.items():
             lo[k] = hi[k] = v
         for k, values in self.categorical.items():
             if not values:
-                raise InputValidationError(f"Box: categorical feature {k} has no values (got []). "
-                                           "List the allowed values.")
+                raise InputValidationError(
+                    f"Box: categorical feature {k} has no values (got []). List the allowed values."
+                )
             lo[k], hi[k] = min(values), max(values)
         self.low, self.high = lo, hi
 

@@ -38,13 +38,15 @@ DIRECTIONS = ("increasing", "decreasing")
 class _ColumnConstraint(DerivativeConstraint):
     """Constraints on the block ``∂f_i/∂x_j`` for declared outputs ``i`` and inputs ``j``."""
 
-    def __init__(self, inputs: int | Sequence[int], outputs: int | Sequence[int] | None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, inputs: int | Sequence[int], outputs: int | Sequence[int] | None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.inputs = check_index_list(inputs, type(self).__name__, "inputs")
         if self.inputs is None:
-            raise ConstraintSpecError(f"{type(self).__name__}: inputs must name at least one input "
-                                      "feature (got None).")
+            raise ConstraintSpecError(
+                f"{type(self).__name__}: inputs must name at least one input feature (got None)."
+            )
         self.outputs = check_index_list(outputs, type(self).__name__, "outputs")
 
     def resolve(self, n_inputs: int, n_outputs: int) -> None:
@@ -89,8 +91,9 @@ class Monotonic(_ColumnConstraint):
     ) -> None:
         super().__init__(inputs, outputs, **kwargs)
         if direction not in DIRECTIONS:
-            raise ConstraintSpecError(f"Monotonic: unknown direction {direction!r}. Use "
-                                      "'increasing' or 'decreasing'.")
+            raise ConstraintSpecError(
+                f"Monotonic: unknown direction {direction!r}. Use 'increasing' or 'decreasing'."
+            )
         self.direction = direction
         self.margin = check_number(margin, "Monotonic", "margin", minimum=0.0)
 
@@ -102,12 +105,15 @@ class Monotonic(_ColumnConstraint):
 
     def __repr__(self) -> str:
         outs = "all" if self.outputs is None else list(self.outputs)
-        return (f"Monotonic(inputs={self.inputs}, outputs={outs}, direction={self.direction!r}, "
-                f"margin={self.margin})")
+        return (
+            f"Monotonic(inputs={self.inputs}, outputs={outs}, direction={self.direction!r}, "
+            f"margin={self.margin})"
+        )
 
 
-def _bound_value(bound: BoundLike, x: torch.Tensor, like: torch.Tensor, who: str,
-                 what: str) -> torch.Tensor | float:
+def _bound_value(
+    bound: BoundLike, x: torch.Tensor, like: torch.Tensor, who: str, what: str
+) -> torch.Tensor | float:
     if bound is None or isinstance(bound, float):
         return bound  # type: ignore[return-value]
     value = bound(x) if callable(bound) else bound
@@ -115,9 +121,11 @@ def _bound_value(bound: BoundLike, x: torch.Tensor, like: torch.Tensor, who: str
     try:
         return torch.broadcast_to(value, like.shape)
     except RuntimeError:
-        raise InputValidationError(f"{who}: {what} bound of shape {tuple(value.shape)} does not "
-                                   f"broadcast to the derivative block {tuple(like.shape)} "
-                                   "(batch, outputs, inputs).") from None
+        raise InputValidationError(
+            f"{who}: {what} bound of shape {tuple(value.shape)} does not "
+            f"broadcast to the derivative block {tuple(like.shape)} "
+            "(batch, outputs, inputs)."
+        ) from None
 
 
 class DerivativeBound(_ColumnConstraint):
@@ -144,18 +152,29 @@ class DerivativeBound(_ColumnConstraint):
             if isinstance(b, (int, float)) and not isinstance(b, bool):
                 check_number(b, "DerivativeBound", what)
             elif b is not None and not (callable(b) or isinstance(b, torch.Tensor)):
-                raise ConstraintSpecError(f"DerivativeBound: {what} must be a number, a tensor or "
-                                          f"a function of x (got {type(b).__name__}).")
+                raise ConstraintSpecError(
+                    f"DerivativeBound: {what} must be a number, a tensor or "
+                    f"a function of x (got {type(b).__name__})."
+                )
         self.lower = float(lower) if isinstance(lower, (int, float)) else lower
         self.upper = float(upper) if isinstance(upper, (int, float)) else upper
-        if isinstance(self.lower, float) and isinstance(self.upper, float) \
-                and self.lower > self.upper:
-            raise ConstraintSpecError(f"DerivativeBound: lower > upper (got lower={self.lower}, "
-                                      f"upper={self.upper}). Swap or correct the bounds.")
-        if isinstance(self.lower, torch.Tensor) and isinstance(self.upper, torch.Tensor) \
-                and bool((self.lower > self.upper).any()):
-            raise ConstraintSpecError("DerivativeBound: lower > upper for some entries. Correct "
-                                      "the bound tensors.")
+        if (
+            isinstance(self.lower, float)
+            and isinstance(self.upper, float)
+            and self.lower > self.upper
+        ):
+            raise ConstraintSpecError(
+                f"DerivativeBound: lower > upper (got lower={self.lower}, "
+                f"upper={self.upper}). Swap or correct the bounds."
+            )
+        if (
+            isinstance(self.lower, torch.Tensor)
+            and isinstance(self.upper, torch.Tensor)
+            and bool((self.lower > self.upper).any())
+        ):
+            raise ConstraintSpecError(
+                "DerivativeBound: lower > upper for some entries. Correct the bound tensors."
+            )
 
     def resolve(self, n_inputs: int, n_outputs: int) -> None:
         super().resolve(n_inputs, n_outputs)
@@ -187,8 +206,13 @@ class _CurvatureConstraint(_ColumnConstraint):
 class Convex(_CurvatureConstraint):
     r"""Convex along each selected input: :math:`\partial^2 f_i/\partial x_j^2 \ge 0`."""
 
-    def __init__(self, inputs: int | Sequence[int], *, outputs: int | Sequence[int] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        inputs: int | Sequence[int],
+        *,
+        outputs: int | Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(inputs, outputs, **kwargs)
 
 
@@ -197,8 +221,13 @@ class Concave(_CurvatureConstraint):
 
     sign = -1.0
 
-    def __init__(self, inputs: int | Sequence[int], *, outputs: int | Sequence[int] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        inputs: int | Sequence[int],
+        *,
+        outputs: int | Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(inputs, outputs, **kwargs)
 
 
@@ -239,22 +268,30 @@ class GradientMatch(DerivativeConstraint):
     ) -> None:
         super().__init__(**kwargs)
         if not (isinstance(targets, (torch.Tensor, str)) or callable(targets)):
-            raise ConstraintSpecError("GradientMatch: targets must be a tensor, a batch field name "
-                                      f"or a function of the batch (got {type(targets).__name__}).")
+            raise ConstraintSpecError(
+                "GradientMatch: targets must be a tensor, a batch field name "
+                f"or a function of the batch (got {type(targets).__name__})."
+            )
         if isinstance(targets, torch.Tensor) and self.where.num_points is None:
-            raise ConstraintSpecError("GradientMatch: a targets tensor must be aligned with fixed "
-                                      "points; use where=AtPoints(points) (got where="
-                                      f"{self.where!r}) or pass a batch field name.")
+            raise ConstraintSpecError(
+                "GradientMatch: a targets tensor must be aligned with fixed "
+                "points; use where=AtPoints(points) (got where="
+                f"{self.where!r}) or pass a batch field name."
+            )
         if isinstance(targets, torch.Tensor) and targets.shape[0] != self.where.num_points:
-            raise ConstraintSpecError(f"GradientMatch: targets have {targets.shape[0]} rows but "
-                                      f"the points number {self.where.num_points}. Give one target"
-                                      " per point.")
+            raise ConstraintSpecError(
+                f"GradientMatch: targets have {targets.shape[0]} rows but "
+                f"the points number {self.where.num_points}. Give one target"
+                " per point."
+            )
         if estimator not in ("exact", "vjp_sphere"):
-            raise ConstraintSpecError(f"GradientMatch: unknown estimator {estimator!r}. Use "
-                                      "'exact' or 'vjp_sphere'.")
+            raise ConstraintSpecError(
+                f"GradientMatch: unknown estimator {estimator!r}. Use 'exact' or 'vjp_sphere'."
+            )
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ConstraintSpecError(f"GradientMatch: samples must be a positive int (got "
-                                      f"{samples!r}).")
+            raise ConstraintSpecError(
+                f"GradientMatch: samples must be a positive int (got {samples!r})."
+            )
         self.targets = targets
         self.outputs = check_index_list(outputs, "GradientMatch", "outputs")
         self.normalize = bool(normalize)
@@ -266,23 +303,31 @@ class GradientMatch(DerivativeConstraint):
         self._outputs = resolve_indices(self.outputs, n_outputs, self.label, "output")
         if self.estimator == "vjp_sphere":
             if self.outputs is not None and len(self._outputs) != n_outputs:
-                raise ConstraintSpecError("GradientMatch: the vjp_sphere estimator projects all "
-                                          "outputs; leave outputs=None.")
+                raise ConstraintSpecError(
+                    "GradientMatch: the vjp_sphere estimator projects all "
+                    "outputs; leave outputs=None."
+                )
             self._needs = Needs(projections=self.samples)
         else:
             self._needs = Needs(rows=frozenset(self._outputs))
         self.n_components = 1
 
-    def target_tensor(self, batch: Any, index: torch.Tensor | None, like: torch.Tensor,
-                      in_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    def target_tensor(
+        self,
+        batch: Any,
+        index: torch.Tensor | None,
+        like: torch.Tensor,
+        in_shape: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
         """Targets as ``(B, k, d)``; per point ``(k, d)`` or ``(k, *in_shape)``, and for a
         single selected output also ``(d,)`` or ``in_shape`` (never just a matching size:
         a transposed ``(d, k)`` must not be read as ``(k, d)``)."""
         who = self.label
         if isinstance(self.targets, torch.Tensor):
             if index is None:
-                raise InputValidationError(f"{who}: targets tensor needs point ids; enforce at "
-                                           "AtPoints(points).")
+                raise InputValidationError(
+                    f"{who}: targets tensor needs point ids; enforce at AtPoints(points)."
+                )
             s = self.targets[index.to(self.targets.device)]
         elif isinstance(self.targets, str):
             s = batch.field(self.targets, who) if hasattr(batch, "field") else batch[self.targets]
@@ -291,18 +336,22 @@ class GradientMatch(DerivativeConstraint):
         try:
             s = torch.as_tensor(s).to(dtype=like.dtype, device=like.device)
         except (TypeError, ValueError, RuntimeError) as err:
-            raise InputValidationError(f"{who}: targets must be numeric tensors (got "
-                                       f"{type(s).__name__}: {err}). Yield gradient samples as a "
-                                       "float tensor.") from err
+            raise InputValidationError(
+                f"{who}: targets must be numeric tensors (got "
+                f"{type(s).__name__}: {err}). Yield gradient samples as a "
+                "float tensor."
+            ) from err
         k, d = len(self._outputs), self.n_inputs
         want = (like.shape[0], k, d)
         per_point = {(k, d)} | ({(k, *in_shape)} if in_shape else set())
         if k == 1:
             per_point |= {(d,)} | ({tuple(in_shape)} if in_shape else set())
         if s.dim() == 0 or s.shape[0] != like.shape[0] or tuple(s.shape[1:]) not in per_point:
-            raise InputValidationError(f"{who}: targets of shape {tuple(s.shape)} do not match the "
-                                       f"derivatives (batch, outputs, inputs) = {want}. Give one "
-                                       "gradient sample per point and selected output.")
+            raise InputValidationError(
+                f"{who}: targets of shape {tuple(s.shape)} do not match the "
+                f"derivatives (batch, outputs, inputs) = {want}. Give one "
+                "gradient sample per point and selected output."
+            )
         return s.reshape(want)
 
     def signed_values(self, values: DerivativeValues, batch: Any) -> torch.Tensor:
@@ -310,8 +359,9 @@ class GradientMatch(DerivativeConstraint):
         b = values.x.shape[0]
         if self.estimator == "vjp_sphere":
             v, vj = values.projections(self.samples)  # (S, B, m), (S, B, d)
-            s = self.target_tensor(batch, index, values.outputs,
-                                   tuple(values.x.shape[1:]))  # (B, m, d)
+            s = self.target_tensor(
+                batch, index, values.outputs, tuple(values.x.shape[1:])
+            )  # (B, m, d)
             vs = torch.einsum("sbm,bmd->sbd", v, s)
             sq_err = (vj.reshape(vs.shape) - vs).pow(2).sum(-1).mean(0)  # unbiased for ||J-S||^2
         else:
@@ -335,20 +385,26 @@ class JacobianNormBound(DerivativeConstraint):
 
     default_reduction = "mean"
 
-    def __init__(self, max_norm: float, *, estimator: str = "exact", samples: int = 1,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, max_norm: float, *, estimator: str = "exact", samples: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.max_norm = check_number(max_norm, "JacobianNormBound", "max_norm", minimum=0.0)
         if estimator not in ("exact", "vjp_sphere", "jvp_gaussian"):
-            raise ConstraintSpecError(f"JacobianNormBound: unknown estimator {estimator!r}. Use "
-                                      "'exact', 'vjp_sphere' or 'jvp_gaussian'.")
+            raise ConstraintSpecError(
+                f"JacobianNormBound: unknown estimator {estimator!r}. Use "
+                "'exact', 'vjp_sphere' or 'jvp_gaussian'."
+            )
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise ConstraintSpecError(f"JacobianNormBound: samples must be a positive int (got "
-                                      f"{samples!r}).")
+            raise ConstraintSpecError(
+                f"JacobianNormBound: samples must be a positive int (got {samples!r})."
+            )
         if estimator != "exact" and self.reduction in ("max", "mean_hinge", "l2_hinge"):
-            raise ConstraintSpecError(f"JacobianNormBound: reduction {self.reduction!r} of a random"
-                                      " estimate is biased; use reduction='mean' (or 'pointwise') "
-                                      "with projections, or estimator='exact'.")
+            raise ConstraintSpecError(
+                f"JacobianNormBound: reduction {self.reduction!r} of a random"
+                " estimate is biased; use reduction='mean' (or 'pointwise') "
+                "with projections, or estimator='exact'."
+            )
         self.estimator = estimator
         self.samples = samples
 
@@ -366,7 +422,7 @@ class JacobianNormBound(DerivativeConstraint):
             fro = vj.reshape(self.samples, vj.shape[1], -1).pow(2).sum(-1).mean(0)
         else:
             fro = values.fro_sq(self.estimator, self.samples)
-        return at_most(fro, self.max_norm ** 2).reshape(-1, 1)
+        return at_most(fro, self.max_norm**2).reshape(-1, 1)
 
 
 class Lipschitz(DerivativeConstraint):
@@ -375,8 +431,9 @@ class Lipschitz(DerivativeConstraint):
     Enforced as :math:`\|\nabla_x f_i\|^2 - L^2 \le 0` (smooth at zero gradient).
     """
 
-    def __init__(self, max_norm: float, *, outputs: int | Sequence[int] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, max_norm: float, *, outputs: int | Sequence[int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.max_norm = check_number(max_norm, "Lipschitz", "max_norm", minimum=0.0)
         self.outputs = check_index_list(outputs, "Lipschitz", "outputs")
@@ -389,7 +446,7 @@ class Lipschitz(DerivativeConstraint):
 
     def signed_values(self, values: DerivativeValues, batch: Any) -> torch.Tensor:
         rows = values.rows(self._outputs)
-        return at_most(rows.pow(2).sum(-1), self.max_norm ** 2)
+        return at_most(rows.pow(2).sum(-1), self.max_norm**2)
 
 
 class Custom(DerivativeConstraint):
@@ -405,11 +462,19 @@ class Custom(DerivativeConstraint):
         kind: ``"inequality"`` or ``"equality"``.
     """
 
-    def __init__(self, fn: Callable[[DerivativeValues], torch.Tensor], *, needs: Needs,
-                 n_components: int = 1, kind: str = "inequality", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        fn: Callable[[DerivativeValues], torch.Tensor],
+        *,
+        needs: Needs,
+        n_components: int = 1,
+        kind: str = "inequality",
+        **kwargs: Any,
+    ) -> None:
         if kind not in ("inequality", "equality"):
-            raise ConstraintSpecError(f"Custom: kind must be 'inequality' or 'equality' (got "
-                                      f"{kind!r}).")
+            raise ConstraintSpecError(
+                f"Custom: kind must be 'inequality' or 'equality' (got {kind!r})."
+            )
         self.kind = kind
         if kind == "equality" and "reduction" not in kwargs:
             kwargs["reduction"] = "mean"
@@ -417,11 +482,13 @@ class Custom(DerivativeConstraint):
         if not callable(fn):
             raise ConstraintSpecError(f"Custom: fn must be callable (got {type(fn).__name__}).")
         if not isinstance(needs, Needs):
-            raise ConstraintSpecError("Custom: needs must be a constrained_grad.Needs (got "
-                                      f"{type(needs).__name__}).")
+            raise ConstraintSpecError(
+                f"Custom: needs must be a constrained_grad.Needs (got {type(needs).__name__})."
+            )
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-            raise ConstraintSpecError(f"Custom: n_components must be a positive int (got "
-                                      f"{n_components!r}).")
+            raise ConstraintSpecError(
+                f"Custom: n_components must be a positive int (got {n_components!r})."
+            )
         self.fn = fn
         self._declared_needs = needs
         self._declared_components = n_components
@@ -440,7 +507,9 @@ class Custom(DerivativeConstraint):
         b = values.x.shape[0]
         if not isinstance(g, torch.Tensor) or g.numel() != b * self.n_components:
             got = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
-            raise InputValidationError(f"{self.label}: fn must return a ({b}, {self.n_components}) "
-                                       f"tensor (got {got}). Return one value per point and "
-                                       "component; set n_components to match.")
+            raise InputValidationError(
+                f"{self.label}: fn must return a ({b}, {self.n_components}) "
+                f"tensor (got {got}). Return one value per point and "
+                "component; set n_components to match."
+            )
         return g.reshape(b, self.n_components)

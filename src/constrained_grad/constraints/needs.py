@@ -44,5 +44,11 @@ class Needs:
 
     @property
     def empty(self) -> bool:
-        return not (self.columns or self.rows or self.jacobian or self.fro or self.projections
-                    or self.second)
+        return not (
+            self.columns
+            or self.rows
+            or self.jacobian
+            or self.fro
+            or self.projections
+            or self.second
+        )

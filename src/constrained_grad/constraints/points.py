@@ -93,9 +93,11 @@ class InBox(PointSource):
 
     def check_inputs(self, n_inputs: int, who: str) -> None:
         if self.box.dim != n_inputs:
-            raise ConstraintSpecError(f"{who}: InBox box has {self.box.dim} features but the model "
-                                      f"takes {n_inputs} inputs per sample. Give one bound per "
-                                      "input feature.")
+            raise ConstraintSpecError(
+                f"{who}: InBox box has {self.box.dim} features but the model "
+                f"takes {n_inputs} inputs per sample. Give one bound per "
+                "input feature."
+            )
 
     def __repr__(self) -> str:
         return f"InBox({self.box!r}, n={self.n})"
@@ -132,16 +134,21 @@ class AtPoints(PointSource):
     def __init__(self, points: torch.Tensor, batch_size: int | None = None) -> None:
         if not isinstance(points, torch.Tensor) or points.dim() < 2 or points.shape[0] == 0:
             got = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
-            raise ConstraintSpecError(f"AtPoints: points must be a non-empty (N, d) tensor (got "
-                                      f"{got}). Pass torch.as_tensor(array, dtype=torch.float32).")
+            raise ConstraintSpecError(
+                f"AtPoints: points must be a non-empty (N, d) tensor (got "
+                f"{got}). Pass torch.as_tensor(array, dtype=torch.float32)."
+            )
         if not points.is_floating_point():
-            raise ConstraintSpecError(f"AtPoints: points must be floating point (got {points.dtype})."
-                                      " Cast with points.float().")
+            raise ConstraintSpecError(
+                f"AtPoints: points must be floating point (got {points.dtype})."
+                " Cast with points.float()."
+            )
         self.data = points.detach()
         self.n = int(points.shape[0])
         self.num_points = self.n
-        self.batch_size = None if batch_size is None else _positive_int(batch_size, "AtPoints",
-                                                                         "batch_size")
+        self.batch_size = (
+            None if batch_size is None else _positive_int(batch_size, "AtPoints", "batch_size")
+        )
 
     def points(
         self,
@@ -159,9 +166,11 @@ class AtPoints(PointSource):
 
     def check_inputs(self, n_inputs: int, who: str) -> None:
         if self.data[0].numel() != n_inputs:
-            raise ConstraintSpecError(f"{who}: AtPoints points have {self.data[0].numel()} "
-                                      f"features but the model takes {n_inputs}. Pass points of "
-                                      "the model's input shape.")
+            raise ConstraintSpecError(
+                f"{who}: AtPoints points have {self.data[0].numel()} "
+                f"features but the model takes {n_inputs}. Pass points of "
+                "the model's input shape."
+            )
 
     def __repr__(self) -> str:
         return f"AtPoints(N={self.num_points}, batch_size={self.batch_size})"
@@ -173,11 +182,14 @@ def check_batch_index(index: torch.Tensor | None, source: PointSource, who: str)
         raise InputValidationError(
             f"{who}: pointwise reduction on the batch needs each sample's index, but the loader "
             "yields none. Wrap the dataset with constrained_grad.with_indices(dataset) or enforce "
-            "at AtPoints(...).")
+            "at AtPoints(...)."
+        )
     if index.dtype != torch.long:
         raise InputValidationError(f"{who}: sample indices must be torch.long (got {index.dtype}).")
     n = source.num_points or 0
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-        raise InputValidationError(f"{who}: sample index out of range [0, {n}) (got "
-                                   f"{int(index.min())}..{int(index.max())}). Set "
-                                   "OnBatch(num_points=len(dataset)).")
+        raise InputValidationError(
+            f"{who}: sample index out of range [0, {n}) (got "
+            f"{int(index.min())}..{int(index.max())}). Set "
+            "OnBatch(num_points=len(dataset))."
+        )

@@ -95,8 +95,9 @@ class DerivativeValues:
     def jacobian(self) -> torch.Tensor:
         """Per-sample Jacobians ``(B, m, d)``."""
         if self._jacobian is None:
-            jac, path = jacobian_with_path(self.f, self._func_x, create_graph=self.create_graph,
-                                           fwd=self._fwd)
+            jac, path = jacobian_with_path(
+                self.f, self._func_x, create_graph=self.create_graph, fwd=self._fwd
+            )
             self._jacobian = jac.reshape(self.batch, self._fwd.n_outputs, self._fwd.n_inputs)
             self.paths["jacobian"] = path
         return self._jacobian
@@ -111,8 +112,14 @@ class DerivativeValues:
                     self._columns[j] = jac[:, :, j]
             else:
                 wanted = sorted(set(missing) | (set(self.needs.columns) - set(self._columns)))
-                cols, path = columns_with_path(self.f, self.x, wanted, method=self.column_method,
-                                               create_graph=self.create_graph, fwd=self._fwd)
+                cols, path = columns_with_path(
+                    self.f,
+                    self.x,
+                    wanted,
+                    method=self.column_method,
+                    create_graph=self.create_graph,
+                    fwd=self._fwd,
+                )
                 for k, j in enumerate(wanted):
                     self._columns[j] = cols[:, :, k]
                 self.paths["columns"] = path
@@ -130,8 +137,9 @@ class DerivativeValues:
                     self._rows[i] = jac[:, i, :]
             else:
                 wanted = sorted(set(missing) | (set(self.needs.rows) - set(self._rows)))
-                rows, path = rows_from_forward(self._fwd, wanted, create_graph=self.create_graph,
-                                               who="engine")
+                rows, path = rows_from_forward(
+                    self._fwd, wanted, create_graph=self.create_graph, who="engine"
+                )
                 for k, i in enumerate(wanted):
                     self._rows[i] = rows[:, k, :]
                 self.paths["rows"] = path
@@ -141,8 +149,9 @@ class DerivativeValues:
         r"""``(V, V^T J)``: ``samples`` output-sphere vectors per point ``(S, B, m)`` and their
         vector-Jacobian products ``(S, B, d)``; shared by every consumer on this batch."""
         if self._projections is None or self._projections[0].shape[0] < samples:
-            v = sphere_vectors(samples, self.batch, self._fwd.n_outputs, self.outputs,
-                               self.generator)
+            v = sphere_vectors(
+                samples, self.batch, self._fwd.n_outputs, self.outputs, self.generator
+            )
             vj, path = batched_vjp(self._fwd, v, create_graph=self.create_graph, who="engine")
             self._projections = (v, vj.reshape(samples, self.batch, -1))
             self.paths["projections"] = "vjp_sphere_" + path
@@ -161,9 +170,15 @@ class DerivativeValues:
                 self._fro[key] = vj.pow(2).sum(-1).mean(0)
                 self.paths[f"fro_{estimator}"] = self.paths["projections"]
             else:
-                value, path = fro_sq_with_path(self.f, self._func_x, estimator=estimator,
-                                               samples=samples, generator=self.generator,
-                                               create_graph=self.create_graph, fwd=self._fwd)
+                value, path = fro_sq_with_path(
+                    self.f,
+                    self._func_x,
+                    estimator=estimator,
+                    samples=samples,
+                    generator=self.generator,
+                    create_graph=self.create_graph,
+                    fwd=self._fwd,
+                )
                 self._fro[key] = value
                 self.paths[f"fro_{estimator}"] = path
         return self._fro[key]
@@ -173,8 +188,9 @@ class DerivativeValues:
         missing = [j for j in inputs if j not in self._second]
         if missing:
             wanted = sorted(set(missing) | (set(self.needs.second) - set(self._second)))
-            sec, path = second_with_path(self.f, self._func_x, wanted,
-                                         create_graph=self.create_graph, fwd=self._fwd)
+            sec, path = second_with_path(
+                self.f, self._func_x, wanted, create_graph=self.create_graph, fwd=self._fwd
+            )
             for k, j in enumerate(wanted):
                 self._second[j] = sec[:, :, k]
             self.paths["second"] = path
@@ -212,14 +228,24 @@ def evaluate(
         fwd = forward(f, x, "evaluate")
     else:
         if not x.requires_grad:
-            raise EngineError("evaluate: outputs were given but x does not require grad, so they "
-                              "cannot have been computed from it. Call x.requires_grad_() "
-                              "before the forward pass, or omit outputs.")
+            raise EngineError(
+                "evaluate: outputs were given but x does not require grad, so they "
+                "cannot have been computed from it. Call x.requires_grad_() "
+                "before the forward pass, or omit outputs."
+            )
         if coupled is None:
             coupled = has_train_mode_batchnorm(f)
         fwd = wrap_forward(x, outputs, "evaluate", coupled=coupled)
-    return DerivativeValues(f, fwd, needs, create_graph=create_graph, generator=generator,
-                            column_method=column_method, index=index, graph_in_x=graph_in_x)
+    return DerivativeValues(
+        f,
+        fwd,
+        needs,
+        create_graph=create_graph,
+        generator=generator,
+        column_method=column_method,
+        index=index,
+        graph_in_x=graph_in_x,
+    )
 
 
 def prefetch(values: DerivativeValues) -> DerivativeValues:
@@ -268,7 +294,11 @@ def frozen_eval(model: Any) -> Iterator[None]:
 
 
 def constraint_violations(
-    f: Fn, constraint: Any, x: torch.Tensor, *, graph_in_x: bool = False,
+    f: Fn,
+    constraint: Any,
+    x: torch.Tensor,
+    *,
+    graph_in_x: bool = False,
     column_method: str = "auto",
 ) -> torch.Tensor:
     """``(B, C)`` violations of a resolved constraint for model ``f`` at points ``x``.
@@ -288,8 +318,15 @@ def _constraint_violations(
     if graph_in_x:
         with torch.enable_grad():
             xr = x if x.requires_grad else x.detach().requires_grad_(True)
-            values = evaluate(f, xr, constraint.needs, outputs=f(xr), create_graph=True,
-                              graph_in_x=True, column_method=column_method)
+            values = evaluate(
+                f,
+                xr,
+                constraint.needs,
+                outputs=f(xr),
+                create_graph=True,
+                graph_in_x=True,
+                column_method=column_method,
+            )
             return constraint.violations(values, None)
     with torch.enable_grad():  # derivatives need autograd even when the caller is in no_grad
         values = evaluate(f, x, constraint.needs, create_graph=False, column_method=column_method)

@@ -449,8 +449,10 @@ def plot_partial_dependence(
             (labels ``"output {i} slope > 0"``) and shades negative runs green.
     """
     if direction not in ("increasing", "decreasing"):
-        raise InputValidationError(f"plot_partial_dependence: direction must be 'increasing' "
-                                   f"or 'decreasing' (got {direction!r}).")
+        raise InputValidationError(
+            f"plot_partial_dependence: direction must be 'increasing' "
+            f"or 'decreasing' (got {direction!r})."
+        )
     decreasing = direction == "decreasing"
     who = "plot_partial_dependence"
     given = _resolve_axes(None, axes, 2, who, ["partial dependence", "derivative"])

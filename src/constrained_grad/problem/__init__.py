@@ -3,5 +3,11 @@
 from constrained_grad.problem.batch import Batch, IndexedDataset, as_batch, with_indices
 from constrained_grad.problem.cmp import ConstraintEval, DerivativeProblem
 
-__all__ = ["Batch", "ConstraintEval", "DerivativeProblem", "IndexedDataset", "as_batch",
-           "with_indices"]
+__all__ = [
+    "Batch",
+    "ConstraintEval",
+    "DerivativeProblem",
+    "IndexedDataset",
+    "as_batch",
+    "with_indices",
+]

@@ -34,14 +34,17 @@ class Batch:
             return self.x
         if name in ("y", "targets"):
             if self.y is None:
-                raise InputValidationError(f"{who}: the batch has no targets field. Yield (x, y) "
-                                           "from the loader.")
+                raise InputValidationError(
+                    f"{who}: the batch has no targets field. Yield (x, y) from the loader."
+                )
             return self.y
         if name == "index":
             return self.index
         if name not in self.extras:
-            raise InputValidationError(f"{who}: the batch has no field {name!r} (got fields "
-                                       f"{['x', 'y', *self.extras]}). Name an existing field.")
+            raise InputValidationError(
+                f"{who}: the batch has no field {name!r} (got fields "
+                f"{['x', 'y', *self.extras]}). Name an existing field."
+            )
         return self.extras[name]
 
     def to(self, device: torch.device | str | None) -> Batch:
@@ -51,8 +54,12 @@ class Batch:
         def move(v: Any) -> Any:
             return v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
 
-        return Batch(move(self.x), move(self.y), move(self.index),
-                     {k: move(v) for k, v in self.extras.items()})
+        return Batch(
+            move(self.x),
+            move(self.y),
+            move(self.index),
+            {k: move(v) for k, v in self.extras.items()},
+        )
 
 
 def as_batch(item: Any, who: str = "DerivativeProblem") -> Batch:
@@ -65,8 +72,10 @@ def as_batch(item: Any, who: str = "DerivativeProblem") -> Batch:
         keys = set(item)
         xk = "x" if "x" in keys else "inputs" if "inputs" in keys else None
         if xk is None:
-            raise InputValidationError(f"{who}: dict batch has no 'x' or 'inputs' key (got keys "
-                                       f"{sorted(keys)}). Name the model inputs 'x'.")
+            raise InputValidationError(
+                f"{who}: dict batch has no 'x' or 'inputs' key (got keys "
+                f"{sorted(keys)}). Name the model inputs 'x'."
+            )
         yk = "y" if "y" in keys else "targets" if "targets" in keys else None
         extras = {k: v for k, v in item.items() if k not in (xk, yk, "index")}
         batch = Batch(item[xk], item[yk] if yk else None, item.get("index"), extras)
@@ -74,11 +83,14 @@ def as_batch(item: Any, who: str = "DerivativeProblem") -> Batch:
         extras = {str(i): v for i, v in enumerate(item) if i >= 2}
         batch = Batch(item[0], item[1] if len(item) > 1 else None, None, extras)
     else:
-        raise InputValidationError(f"{who}: cannot read a batch of type {type(item).__name__}. "
-                                   "Yield a tensor x, a tuple (x, y, ...) or a dict with 'x'.")
+        raise InputValidationError(
+            f"{who}: cannot read a batch of type {type(item).__name__}. "
+            "Yield a tensor x, a tuple (x, y, ...) or a dict with 'x'."
+        )
     if not isinstance(batch.x, torch.Tensor):
-        raise InputValidationError(f"{who}: batch inputs must be a tensor (got "
-                                   f"{type(batch.x).__name__}).")
+        raise InputValidationError(
+            f"{who}: batch inputs must be a tensor (got {type(batch.x).__name__})."
+        )
     if batch.index is not None:
         batch.index = torch.as_tensor(batch.index)
     return batch

@@ -52,25 +52,35 @@ class ConstraintEval:
     paths: dict[str, str]
 
 
-def infer_dims(model: Callable[[torch.Tensor], torch.Tensor], example_input: torch.Tensor | None,
-               input_shape: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def infer_dims(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    example_input: torch.Tensor | None,
+    input_shape: Sequence[int] | None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Per-sample input and output shapes, from an example, a shape, or the first layer."""
     who = "DerivativeProblem"
     if example_input is None:
         if input_shape is None:
-            first = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None) \
-                if isinstance(model, torch.nn.Module) else None
+            first = (
+                next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+                if isinstance(model, torch.nn.Module)
+                else None
+            )
             if first is None:
-                raise InputValidationError(f"{who}: cannot infer the model's input size. Pass "
-                                           "example_input=x[:1] or input_shape=(d,).")
+                raise InputValidationError(
+                    f"{who}: cannot infer the model's input size. Pass "
+                    "example_input=x[:1] or input_shape=(d,)."
+                )
             input_shape = (first.in_features,)
         param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
         dtype = param.dtype if param is not None else torch.get_default_dtype()
         device = param.device if param is not None else None
         example_input = torch.zeros(1, *input_shape, dtype=dtype, device=device)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
-        raise InputValidationError(f"{who}: example_input must be a batched tensor (1, *in_shape) "
-                                   f"(got {getattr(example_input, 'shape', type(example_input))}).")
+        raise InputValidationError(
+            f"{who}: example_input must be a batched tensor (1, *in_shape) "
+            f"(got {getattr(example_input, 'shape', type(example_input))})."
+        )
     was_training = model.training if isinstance(model, torch.nn.Module) else None
     try:
         if isinstance(model, torch.nn.Module):
@@ -78,15 +88,18 @@ def infer_dims(model: Callable[[torch.Tensor], torch.Tensor], example_input: tor
         with torch.no_grad():
             out = model(example_input[:1])
     except Exception as err:  # the user's model: any exception means the shape is wrong
-        raise InputValidationError(f"{who}: the model fails on an input of shape "
-                                   f"{(1, *example_input.shape[1:])} ({type(err).__name__}: {err})."
-                                   " Pass example_input= with a real sample.") from err
+        raise InputValidationError(
+            f"{who}: the model fails on an input of shape "
+            f"{(1, *example_input.shape[1:])} ({type(err).__name__}: {err})."
+            " Pass example_input= with a real sample."
+        ) from err
     finally:
         if was_training and isinstance(model, torch.nn.Module):
             model.train()
     if not isinstance(out, torch.Tensor) or out.dim() == 0:
-        raise InputValidationError(f"{who}: the model must return a batched tensor (got "
-                                   f"{type(out).__name__}).")
+        raise InputValidationError(
+            f"{who}: the model must return a batched tensor (got {type(out).__name__})."
+        )
     return tuple(example_input.shape[1:]), tuple(out.shape[1:])
 
 
@@ -124,27 +137,37 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         super().__init__()
         who = "DerivativeProblem"
         if not callable(model):
-            raise InputValidationError(f"{who}: model must be a torch.nn.Module or a function "
-                                       f"(got {type(model).__name__}).")
+            raise InputValidationError(
+                f"{who}: model must be a torch.nn.Module or a function "
+                f"(got {type(model).__name__})."
+            )
         if loss is not None and not callable(loss):
-            raise InputValidationError(f"{who}: loss must be a function (outputs, targets) -> "
-                                       f"scalar or None (got {type(loss).__name__}).")
+            raise InputValidationError(
+                f"{who}: loss must be a function (outputs, targets) -> "
+                f"scalar or None (got {type(loss).__name__})."
+            )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputValidationError(f"{who}: seed must be an int (got {seed!r}).")
         if constraints is None:
             constraints = ()
         if isinstance(constraints, DerivativeConstraint) or not isinstance(constraints, Iterable):
-            raise InputValidationError(f"{who}: constraints must be a list of declared constraints "
-                                       f"(got {type(constraints).__name__}). Wrap a single one in "
-                                       "a list: [cg.Monotonic(...)].")
+            raise InputValidationError(
+                f"{who}: constraints must be a list of declared constraints "
+                f"(got {type(constraints).__name__}). Wrap a single one in "
+                "a list: [cg.Monotonic(...)]."
+            )
         constraints = list(constraints)
         for c in constraints:
             if not isinstance(c, DerivativeConstraint):
-                raise InputValidationError(f"{who}: constraints must be declared constraints such "
-                                           f"as cg.Monotonic(...) (got {type(c).__name__}).")
+                raise InputValidationError(
+                    f"{who}: constraints must be declared constraints such "
+                    f"as cg.Monotonic(...) (got {type(c).__name__})."
+                )
         if loss is None and not constraints:
-            raise InputValidationError(f"{who}: nothing to optimise (no loss, no constraints). "
-                                       "Give a loss, constraints, or both.")
+            raise InputValidationError(
+                f"{who}: nothing to optimise (no loss, no constraints). "
+                "Give a loss, constraints, or both."
+            )
         self.model = model
         self.loss_fn = loss
         self.column_method = column_method
@@ -165,8 +188,9 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 name = f"{base}_{counts.get(base, 0)}"
                 counts[base] = counts.get(base, 0) + 1
             if name in self.specs:
-                raise ConstraintSpecError(f"{who}: two constraints are named {name!r}. Give each a "
-                                          "unique name=.")
+                raise ConstraintSpecError(
+                    f"{who}: two constraints are named {name!r}. Give each a unique name=."
+                )
             try:
                 c.resolve(self.n_inputs, self.n_outputs)
             except ConstraintSpecError as err:
@@ -175,9 +199,11 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 # unnamed: say which of possibly several constraints of one kind failed
                 raise ConstraintSpecError(f"{name}: {err}") from err
             if c.reduction == "pointwise" and not c.formulation.uses_multiplier:
-                raise ConstraintSpecError(f"{name}: pointwise reduction needs a multiplier; "
-                                          f"{type(c.formulation).__name__} has none. Use an "
-                                          "aggregate reduction.")
+                raise ConstraintSpecError(
+                    f"{name}: pointwise reduction needs a multiplier; "
+                    f"{type(c.formulation).__name__} has none. Use an "
+                    "aggregate reduction."
+                )
             self.specs[name] = c
             setattr(self, name, self._make_cooper_constraint(c))
             c.where.attach(self._violations_for(name))
@@ -188,17 +214,22 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             self._groups.setdefault(key, []).append(name)
         self._uses_batch = any(c.where.uses_batch for c in self.specs.values())
         # BatchNorm layers couple the samples in training mode; checked each step, cheaply
-        self._batchnorms = [m for m in model.modules()
-                            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] \
-            if isinstance(model, torch.nn.Module) else []
+        self._batchnorms = (
+            [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            if isinstance(model, torch.nn.Module)
+            else []
+        )
         self.last_evals: dict[str, ConstraintEval] = {}
         self._last_points: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # -- construction ----------------------------------------------------------------------
     def _make_cooper_constraint(self, c: DerivativeConstraint) -> cooper.Constraint:
         dtype, device = self.dtype, self.device
-        ctype = (cooper.ConstraintType.EQUALITY if c.effective_kind == "equality"
-                 else cooper.ConstraintType.INEQUALITY)
+        ctype = (
+            cooper.ConstraintType.EQUALITY
+            if c.effective_kind == "equality"
+            else cooper.ConstraintType.INEQUALITY
+        )
         pointwise = c.reduction == "pointwise"
         size = c.n_components * (c.where.num_points or 1) if pointwise else c.n_components
         form = c.formulation
@@ -207,22 +238,32 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             init = None
             if isinstance(form, FixedPenalty):
                 init = torch.full((size,), form.weight, dtype=dtype, device=device)
-            mcls = cooper.multipliers.IndexedMultiplier if pointwise \
+            mcls = (
+                cooper.multipliers.IndexedMultiplier
+                if pointwise
                 else cooper.multipliers.DenseMultiplier
+            )
             multiplier = mcls(num_constraints=size, init=init, dtype=dtype, device=device)
         penalty = None
         if isinstance(form, (AugmentedLagrangian, QuadraticPenalty)):
             value = form.penalty if isinstance(form, AugmentedLagrangian) else form.coefficient
-            pcls = cooper.penalty_coefficients.IndexedPenaltyCoefficient if pointwise \
+            pcls = (
+                cooper.penalty_coefficients.IndexedPenaltyCoefficient
+                if pointwise
                 else cooper.penalty_coefficients.DensePenaltyCoefficient
+            )
             penalty = pcls(init=torch.full((size,), value, dtype=dtype, device=device))
         formulation_type: type[cooper.formulations.Formulation] = cooper.formulations.Lagrangian
         if isinstance(form, AugmentedLagrangian):
             formulation_type = cooper.formulations.AugmentedLagrangian
         elif isinstance(form, QuadraticPenalty):
             formulation_type = cooper.formulations.QuadraticPenalty
-        return cooper.Constraint(constraint_type=ctype, formulation_type=formulation_type,
-                                 multiplier=multiplier, penalty_coefficient=penalty)
+        return cooper.Constraint(
+            constraint_type=ctype,
+            formulation_type=formulation_type,
+            multiplier=multiplier,
+            penalty_coefficient=penalty,
+        )
 
     def dual_lr_of(self, name: str, default: float) -> float:
         """The dual step size of a constraint: its own, the AL penalty, or ``default``."""
@@ -236,8 +277,9 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         return default
 
     # -- evaluation ------------------------------------------------------------------------
-    def compute_cmp_state(self, batch: Any, *, create_graph: bool = True,
-                          reuse_points: bool = False) -> cooper.CMPState:
+    def compute_cmp_state(
+        self, batch: Any, *, create_graph: bool = True, reuse_points: bool = False
+    ) -> cooper.CMPState:
         """Loss and constraint states on one batch (see the class docstring).
 
         ``create_graph=False`` evaluates violations only (no parameter graph through the
@@ -255,31 +297,39 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             if self.loss_fn is not None:
                 loss = self._loss(outputs, b.y)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise InputValidationError(f"DerivativeProblem: loss must return a scalar "
-                                               f"tensor (got {getattr(loss, 'shape', loss)}).")
+                    raise InputValidationError(
+                        f"DerivativeProblem: loss must return a scalar "
+                        f"tensor (got {getattr(loss, 'shape', loss)})."
+                    )
                 loss = loss.reshape(())
             observed: dict[cooper.Constraint, cooper.ConstraintState] = {}
             self.last_evals = {}
             for names in self._groups.values():
                 source = self.specs[names[0]].where
-                values = self._values_for(source, b, x, outputs, names, create_graph,
-                                          reuse_points)
+                values = self._values_for(source, b, x, outputs, names, create_graph, reuse_points)
                 for name in names:
                     observed[self._constraints[name]] = self._state_for(name, values, b)
-        return cooper.CMPState(loss=loss, observed_constraints=observed,
-                               misc={"outputs": outputs.detach()})
+        return cooper.CMPState(
+            loss=loss, observed_constraints=observed, misc={"outputs": outputs.detach()}
+        )
 
     def _check_inputs(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or tuple(x.shape[1:]) != self.in_shape:
-            raise InputValidationError(f"DerivativeProblem: batch inputs have shape "
-                                       f"{tuple(x.shape)} but the model takes (B, "
-                                       f"{', '.join(map(str, self.in_shape))}). Check the loader.")
+            raise InputValidationError(
+                f"DerivativeProblem: batch inputs have shape "
+                f"{tuple(x.shape)} but the model takes (B, "
+                f"{', '.join(map(str, self.in_shape))}). Check the loader."
+            )
         if not x.is_floating_point():
-            raise InputValidationError(f"DerivativeProblem: batch inputs must be floating point to "
-                                       f"be differentiated (got {x.dtype}). Cast with .float().")
+            raise InputValidationError(
+                f"DerivativeProblem: batch inputs must be floating point to "
+                f"be differentiated (got {x.dtype}). Cast with .float()."
+            )
         if x.shape[0] == 0:
-            raise InputValidationError(f"DerivativeProblem: empty batch (got inputs of shape "
-                                       f"{tuple(x.shape)}). Drop empty batches from the loader.")
+            raise InputValidationError(
+                f"DerivativeProblem: empty batch (got inputs of shape "
+                f"{tuple(x.shape)}). Drop empty batches from the loader."
+            )
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """``model(x)``; a failure on inputs of another dtype than the weights names it."""
@@ -288,11 +338,12 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         except Exception as err:
             if x.dtype == self.dtype or not isinstance(self.model, torch.nn.Module):
                 raise
-            raise InputValidationError(f"DerivativeProblem: the model fails on batch inputs of "
-                                       f"dtype {x.dtype} ({type(err).__name__}: {err}); its "
-                                       f"parameters are {self.dtype}. Cast the data with "
-                                       f".to({self.dtype}) or the model to the data's dtype."
-                                       ) from err
+            raise InputValidationError(
+                f"DerivativeProblem: the model fails on batch inputs of "
+                f"dtype {x.dtype} ({type(err).__name__}: {err}); its "
+                f"parameters are {self.dtype}. Cast the data with "
+                f".to({self.dtype}) or the model to the data's dtype."
+            ) from err
 
     def _loss(self, outputs: torch.Tensor, y: Any) -> Any:
         """``loss(outputs, y)``; a failure on missing or mis-shaped targets names them."""
@@ -301,34 +352,60 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             return self.loss_fn(outputs, y)
         except Exception as err:
             if y is None:
-                raise InputValidationError(f"DerivativeProblem: the loss fails without targets "
-                                           f"({type(err).__name__}: {err}). The batch has no "
-                                           "targets: yield (x, y) from the loader.") from err
+                raise InputValidationError(
+                    f"DerivativeProblem: the loss fails without targets "
+                    f"({type(err).__name__}: {err}). The batch has no "
+                    "targets: yield (x, y) from the loader."
+                ) from err
             if isinstance(y, torch.Tensor) and y.shape != outputs.shape:
-                raise InputValidationError(f"DerivativeProblem: the loss fails on outputs of "
-                                           f"shape {tuple(outputs.shape)} and targets of shape "
-                                           f"{tuple(y.shape)} ({type(err).__name__}: {err}). "
-                                           "Give targets of the model's output shape.") from err
+                raise InputValidationError(
+                    f"DerivativeProblem: the loss fails on outputs of "
+                    f"shape {tuple(outputs.shape)} and targets of shape "
+                    f"{tuple(y.shape)} ({type(err).__name__}: {err}). "
+                    "Give targets of the model's output shape."
+                ) from err
             raise
 
-    def _values_for(self, source: Any, b: Batch, x: torch.Tensor, outputs: torch.Tensor,
-                    names: list[str], create_graph: bool, reuse_points: bool) -> DerivativeValues:
+    def _values_for(
+        self,
+        source: Any,
+        b: Batch,
+        x: torch.Tensor,
+        outputs: torch.Tensor,
+        names: list[str],
+        create_graph: bool,
+        reuse_points: bool,
+    ) -> DerivativeValues:
         needs = self.specs[names[0]].needs
         for name in names[1:]:
             needs = needs.merge(self.specs[name].needs)
         if source.uses_batch:
-            return evaluate(self.model, x, needs, outputs=outputs, create_graph=create_graph,
-                            generator=self.generator, column_method=self.column_method,
-                            index=b.index,
-                            coupled=any(m.training for m in self._batchnorms))
+            return evaluate(
+                self.model,
+                x,
+                needs,
+                outputs=outputs,
+                create_graph=create_graph,
+                generator=self.generator,
+                column_method=self.column_method,
+                index=b.index,
+                coupled=any(m.training for m in self._batchnorms),
+            )
         key = id(source)
         if reuse_points and key in self._last_points:
             points, index = self._last_points[key]
         else:
             points, index = source.points(x.detach(), b.index, self.generator)
             self._last_points[key] = (points, index)
-        return evaluate(self.model, points, needs, create_graph=create_graph,
-                        generator=self.generator, column_method=self.column_method, index=index)
+        return evaluate(
+            self.model,
+            points,
+            needs,
+            create_graph=create_graph,
+            generator=self.generator,
+            column_method=self.column_method,
+            index=index,
+        )
 
     def _state_for(self, name: str, values: DerivativeValues, b: Batch) -> cooper.ConstraintState:
         c = self.specs[name]
@@ -339,8 +416,10 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 check_batch_index(values.index, c.where, name)
             idx = values.index
             assert idx is not None
-            ids = (idx.reshape(-1, 1) * c.n_components
-                   + torch.arange(c.n_components, device=idx.device)).reshape(-1)
+            ids = (
+                idx.reshape(-1, 1) * c.n_components
+                + torch.arange(c.n_components, device=idx.device)
+            ).reshape(-1)
             return cooper.ConstraintState(violation=g.reshape(-1), constraint_features=ids)
         primal, dual = reduce_violations(g, c.reduction)
         return cooper.ConstraintState(violation=primal, strict_violation=dual)
@@ -350,23 +429,34 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         spec = self.specs[name]
 
         def violations(x: torch.Tensor, graph_in_x: bool) -> torch.Tensor:
-            return constraint_violations(self.model, spec, x, graph_in_x=graph_in_x,
-                                         column_method=self.column_method)
+            return constraint_violations(
+                self.model, spec, x, graph_in_x=graph_in_x, column_method=self.column_method
+            )
 
         return violations
 
     # -- introspection ---------------------------------------------------------------------
     def multiplier_values(self) -> dict[str, torch.Tensor]:
         """Current multipliers by constraint name (detached, flat)."""
-        return {name: m.weight.detach().reshape(-1)  # type: ignore[operator]
-                for name, m in self.named_multipliers()}
+        return {
+            name: m.weight.detach().reshape(-1)  # type: ignore[operator]
+            for name, m in self.named_multipliers()
+        }
 
     def violations(self, name: str, x: torch.Tensor, batch: Any = None) -> torch.Tensor:
         """``(B, C)`` violations of constraint ``name`` at points ``x`` (no parameter graph)."""
         if name not in self.specs:
-            raise InputValidationError(f"DerivativeProblem.violations: no constraint named "
-                                       f"{name!r} (got constraints {list(self.specs)}).")
+            raise InputValidationError(
+                f"DerivativeProblem.violations: no constraint named "
+                f"{name!r} (got constraints {list(self.specs)})."
+            )
         c = self.specs[name]
-        values = evaluate(self.model, x, c.needs, create_graph=False, generator=self.generator,
-                          column_method=self.column_method)
+        values = evaluate(
+            self.model,
+            x,
+            c.needs,
+            create_graph=False,
+            generator=self.generator,
+            column_method=self.column_method,
+        )
         return c.violations(values, as_batch(batch) if batch is not None else None).detach()

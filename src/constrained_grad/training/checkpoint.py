@@ -40,7 +40,7 @@ def _register_cooper_safe_globals() -> None:
 
 def capture_rng() -> dict[str, Any]:
     """Global random states (torch CPU, CUDA if present, numpy, Python) as plain data."""
-    np_state: Any = np.random.get_state()
+    np_state: Any = np.random.get_state()  # noqa: NPY002 (the legacy global state users seed)
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -62,8 +62,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng`."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(  # noqa: NPY002
+        (
+            n["kind"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -94,8 +101,10 @@ def prepare_dir(folder: Any) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CheckpointError(f"fit: cannot use {str(path)!r} as the checkpoint folder "
-                              f"({type(err).__name__}: {err}). Name a writable folder.") from err
+        raise CheckpointError(
+            f"fit: cannot use {str(path)!r} as the checkpoint folder "
+            f"({type(err).__name__}: {err}). Name a writable folder."
+        ) from err
     return path
 
 
@@ -112,9 +121,11 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], source: Any) -> N
     """Raise :class:`CheckpointError` naming the entries a checkpoint lacks."""
     missing = [k for k in keys if k not in state]
     if missing:
-        raise CheckpointError(f"load_checkpoint: {source} lacks the entries {missing}. It was not "
-                              "written by this version of constrained_grad.fit; start a new run "
-                              "directory.")
+        raise CheckpointError(
+            f"load_checkpoint: {source} lacks the entries {missing}. It was not "
+            "written by this version of constrained_grad.fit; start a new run "
+            "directory."
+        )
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -125,13 +136,17 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise
     except Exception as err:  # truncated/corrupted files raise assorted errors
-        raise CheckpointError(f"load_checkpoint: {path} is not a readable checkpoint "
-                              f"({type(err).__name__}: {err}). It may be truncated or corrupted; "
-                              "resume from an older copy or start afresh.") from err
+        raise CheckpointError(
+            f"load_checkpoint: {path} is not a readable checkpoint "
+            f"({type(err).__name__}: {err}). It may be truncated or corrupted; "
+            "resume from an older copy or start afresh."
+        ) from err
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"load_checkpoint: {path} is not a constrained_grad checkpoint "
-                              f"(got format {got!r}, expected {FORMAT!r}).")
+        raise CheckpointError(
+            f"load_checkpoint: {path} is not a constrained_grad checkpoint "
+            f"(got format {got!r}, expected {FORMAT!r})."
+        )
     return obj
 
 
@@ -164,8 +179,13 @@ def check_signature(saved: dict[str, dict[str, Any]], problem: Any, path: Any) -
         else:
             for key in current[name]:
                 if saved[name].get(key) != current[name][key]:
-                    lines.append(f"'{name}'.{key}: checkpoint {saved[name].get(key)!r}, problem "
-                                 f"{current[name][key]!r}")
-    raise CheckpointError(f"load_checkpoint: {path} was written for other constraints ("
-                          + "; ".join(lines) + "). Resume with the same constraint declarations "
-                          "or start a new run directory.")
+                    lines.append(
+                        f"'{name}'.{key}: checkpoint {saved[name].get(key)!r}, problem "
+                        f"{current[name][key]!r}"
+                    )
+    raise CheckpointError(
+        f"load_checkpoint: {path} was written for other constraints ("
+        + "; ".join(lines)
+        + "). Resume with the same constraint declarations "
+        "or start a new run directory."
+    )

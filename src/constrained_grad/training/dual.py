@@ -36,19 +36,26 @@ def build_dual_optimizer(
         names.append(name)
     if not groups:
         return None, names
-    sparse = [n for n in names if isinstance(problem._constraints[n].multiplier,
-                                             cooper.multipliers.IndexedMultiplier)]
+    sparse = [
+        n
+        for n in names
+        if isinstance(problem._constraints[n].multiplier, cooper.multipliers.IndexedMultiplier)
+    ]
     if callable(dual_optimizer):
         opt = dual_optimizer(groups)
         if not isinstance(opt, torch.optim.Optimizer):
-            raise InputValidationError(f"fit: the dual optimizer factory must return a "
-                                       f"torch.optim.Optimizer (got {type(opt).__name__}). Return "
-                                       "e.g. torch.optim.SGD(param_groups, lr=..., maximize=True).")
+            raise InputValidationError(
+                f"fit: the dual optimizer factory must return a "
+                f"torch.optim.Optimizer (got {type(opt).__name__}). Return "
+                "e.g. torch.optim.SGD(param_groups, lr=..., maximize=True)."
+            )
         for group in opt.param_groups:
             if not group.get("maximize", False):
-                raise InputValidationError("fit: the dual optimizer factory must build an "
-                                           "optimizer with maximize=True (got maximize=False). "
-                                           "Multipliers ascend the Lagrangian.")
+                raise InputValidationError(
+                    "fit: the dual optimizer factory must build an "
+                    "optimizer with maximize=True (got maximize=False). "
+                    "Multipliers ascend the Lagrangian."
+                )
         return opt, names
     if dual_optimizer == "sgd":
         return torch.optim.SGD(groups, lr=dual_lr, maximize=True), names
@@ -57,17 +64,25 @@ def build_dual_optimizer(
             raise InputValidationError(
                 f"fit: dual_optimizer='adam' cannot step pointwise multipliers (sparse gradients) "
                 f"of {sparse}. Use dual_optimizer='sgd' (default), or a factory building "
-                "torch.optim.SparseAdam/Adagrad with maximize=True.")
+                "torch.optim.SparseAdam/Adagrad with maximize=True."
+            )
         return torch.optim.Adam(groups, lr=dual_lr, maximize=True), names
-    raise InputValidationError(f"fit: unknown dual_optimizer {dual_optimizer!r}. Use 'sgd', "
-                               "'adam' or a factory (param_groups) -> optimizer.")
+    raise InputValidationError(
+        f"fit: unknown dual_optimizer {dual_optimizer!r}. Use 'sgd', "
+        "'adam' or a factory (param_groups) -> optimizer."
+    )
 
 
 def _is_plain_ascent_sgd(opt: torch.optim.Optimizer) -> bool:
-    return (type(opt) is torch.optim.SGD
-            and not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
-            and all(g["maximize"] and g["momentum"] == 0 and g["weight_decay"] == 0
-                    and not g["nesterov"] for g in opt.param_groups))
+    return (
+        type(opt) is torch.optim.SGD
+        and not opt._optimizer_step_pre_hooks
+        and not opt._optimizer_step_post_hooks
+        and all(
+            g["maximize"] and g["momentum"] == 0 and g["weight_decay"] == 0 and not g["nesterov"]
+            for g in opt.param_groups
+        )
+    )
 
 
 def dual_step(opt: torch.optim.Optimizer) -> None:

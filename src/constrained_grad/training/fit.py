@@ -1,6 +1,7 @@
 r"""The primal-dual training loop.
 
-Each step on a batch, with :math:`L(\theta, \lambda) = f(\theta) + \sum_c \lambda_c^\top g_c(\theta)`:
+Each step on a batch, with the Lagrangian
+:math:`L(\theta, \lambda) = f(\theta) + \sum_c \lambda_c^\top g_c(\theta)`:
 
 1. evaluate the loss and every constraint (one shared derivative computation per set of
    points, :meth:`DerivativeProblem.compute_cmp_state`);
@@ -91,26 +92,37 @@ class Trainer:
         on_nonfinite: str = "raise",
     ) -> None:
         if not isinstance(problem, DerivativeProblem):
-            raise InputValidationError(f"fit: problem must be a cg.DerivativeProblem (got "
-                                       f"{type(problem).__name__}).")
+            raise InputValidationError(
+                f"fit: problem must be a cg.DerivativeProblem (got {type(problem).__name__})."
+            )
         if not isinstance(primal_optimizer, torch.optim.Optimizer):
-            raise InputValidationError(f"fit: primal_optimizer must be a torch.optim.Optimizer "
-                                       f"(got {type(primal_optimizer).__name__}). Build it on "
-                                       "model.parameters().")
-        if isinstance(dual_lr, bool) or not isinstance(dual_lr, (int, float)) \
-                or not math.isfinite(dual_lr) or dual_lr < 0:
-            raise InputValidationError(f"fit: dual_lr must be a finite number >= 0 (got "
-                                       f"{dual_lr!r}).")
+            raise InputValidationError(
+                f"fit: primal_optimizer must be a torch.optim.Optimizer "
+                f"(got {type(primal_optimizer).__name__}). Build it on "
+                "model.parameters()."
+            )
+        if (
+            isinstance(dual_lr, bool)
+            or not isinstance(dual_lr, (int, float))
+            or not math.isfinite(dual_lr)
+            or dual_lr < 0
+        ):
+            raise InputValidationError(
+                f"fit: dual_lr must be a finite number >= 0 (got {dual_lr!r})."
+            )
         if update not in ("simultaneous", "alternating"):
-            raise InputValidationError(f"fit: update must be 'simultaneous' or 'alternating' (got "
-                                       f"{update!r}).")
+            raise InputValidationError(
+                f"fit: update must be 'simultaneous' or 'alternating' (got {update!r})."
+            )
         if on_nonfinite not in ("raise", "skip"):
-            raise InputValidationError(f"fit: on_nonfinite must be 'raise' or 'skip' (got "
-                                       f"{on_nonfinite!r}).")
+            raise InputValidationError(
+                f"fit: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})."
+            )
         self.problem = problem
         self.primal_optimizer = primal_optimizer
-        self.dual_optimizer, self.dual_names = build_dual_optimizer(problem, float(dual_lr),
-                                                                    dual_optimizer)
+        self.dual_optimizer, self.dual_names = build_dual_optimizer(
+            problem, float(dual_lr), dual_optimizer
+        )
         self.update = update
         self.on_nonfinite = on_nonfinite
         self.names = list(problem.specs)
@@ -121,12 +133,17 @@ class Trainer:
         self._multipliers = {n: c.multiplier for n, c in problem.named_constraints()}
         self._stepped_multipliers = [problem._constraints[n].multiplier for n in self.dual_names]
         self._dual_weights: list[torch.Tensor] = [
-            m.weight for m in self._stepped_multipliers if m is not None]
+            m.weight for m in self._stepped_multipliers if m is not None
+        ]
         self._steps_dual = self.dual_optimizer is not None
         self._lagrangian = StepLagrangian(problem)
-        self._packer = StepStats(self.names, {
-            n: (m.weight if m is not None else None)  # type: ignore[misc]
-            for n, m in self._multipliers.items()})
+        self._packer = StepStats(
+            self.names,
+            {
+                n: (m.weight if m is not None else None)  # type: ignore[misc]
+                for n, m in self._multipliers.items()
+            },
+        )
         # entries of a history row that must be finite, with their names for messages
         self._labels = ["loss", "Lagrangian"] + [f"{n}/{f}" for n in self.names for f in FIELDS]
         self._finite_idx = [1] if problem.loss_fn is None else [0, 1]
@@ -184,37 +201,49 @@ class Trainer:
         _, dual = self._lagrangian(state, primal=False, dual=True)
         if dual is not None:
             dual.backward()
-        bad = [n for n, w in zip(self.dual_names, self._dual_weights, strict=True)
-               if w.grad is not None and not _all_finite(w.grad)]
+        bad = [
+            n
+            for n, w in zip(self.dual_names, self._dual_weights, strict=True)
+            if w.grad is not None and not _all_finite(w.grad)
+        ]
         if not bad:
             return True
         for weight in self._dual_weights:
             weight.grad = None
         if self.on_nonfinite == "raise":
             self.state_consistent = False  # weights stepped, step not logged: do not save
-            raise NonFiniteError(f"fit: non-finite violation of {', '.join(bad)} re-evaluated "
-                                 f"after the primal update of step {self.step_count} (epoch "
-                                 f"{epoch}). Lower the learning rates, or pass "
-                                 "on_nonfinite='skip' to skip such dual updates.")
+            raise NonFiniteError(
+                f"fit: non-finite violation of {', '.join(bad)} re-evaluated "
+                f"after the primal update of step {self.step_count} (epoch "
+                f"{epoch}). Lower the learning rates, or pass "
+                "on_nonfinite='skip' to skip such dual updates."
+            )
         return False
 
     def nonfinite_state(self) -> list[str]:
         """Parameters and multipliers holding NaN/inf: a state never worth checkpointing."""
-        named: list[tuple[str, Any]] = [(f"parameter {n}", p)
-                                        for n, p in _named_params(self.problem.model)]
-        named += [(f"{n}/multiplier", m.weight) for n, m in self._multipliers.items()
-                  if m is not None]
+        named: list[tuple[str, Any]] = [
+            (f"parameter {n}", p) for n, p in _named_params(self.problem.model)
+        ]
+        named += [
+            (f"{n}/multiplier", m.weight) for n, m in self._multipliers.items() if m is not None
+        ]
         if not named or bool(torch.stack([torch.isfinite(t).all() for _, t in named]).all()):
             return []
         return [label for label, t in named if not bool(torch.isfinite(t).all())]
 
     def _nonfinite(self, row: list[float], epoch: int) -> None:
         what = [self._labels[i] for i in self._finite_idx if not math.isfinite(row[i])]
-        what += [f"parameter {pn}" for pn, p in _named_params(self.problem.model)
-                 if not bool(torch.isfinite(p).all())]
-        msg = (f"fit: non-finite value at step {self.step_count} (epoch {epoch}) in "
-               f"{', '.join(what)}. Lower the learning rates, check the data for NaN/inf, or "
-               "pass on_nonfinite='skip' to skip such steps.")
+        what += [
+            f"parameter {pn}"
+            for pn, p in _named_params(self.problem.model)
+            if not bool(torch.isfinite(p).all())
+        ]
+        msg = (
+            f"fit: non-finite value at step {self.step_count} (epoch {epoch}) in "
+            f"{', '.join(what)}. Lower the learning rates, check the data for NaN/inf, or "
+            "pass on_nonfinite='skip' to skip such steps."
+        )
         if self.on_nonfinite == "raise":
             raise NonFiniteError(msg)
 
@@ -228,8 +257,9 @@ class Trainer:
             "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
             "primal_optimizer": self.primal_optimizer.state_dict(),
             "primal_optimizer_type": type(self.primal_optimizer).__name__,
-            "dual_optimizer": None if self.dual_optimizer is None else {
-                "names": list(self.dual_names), "state": self.dual_optimizer.state_dict()},
+            "dual_optimizer": None
+            if self.dual_optimizer is None
+            else {"names": list(self.dual_names), "state": self.dual_optimizer.state_dict()},
             "cmp": self.problem.state_dict(),
             "problem_generator": self.problem.generator.get_state(),
             "history": self.history.to_dict(),
@@ -244,15 +274,19 @@ class Trainer:
         saved_type = state.get("primal_optimizer_type", type(self.primal_optimizer).__name__)
         current_type = type(self.primal_optimizer).__name__
         if saved_type != current_type:
-            raise CheckpointError(f"load_checkpoint: {source} holds a {saved_type} state but this "
-                                  f"run's primal optimizer is {current_type}. Resume with the "
-                                  "same optimizer or start a new run directory.")
+            raise CheckpointError(
+                f"load_checkpoint: {source} holds a {saved_type} state but this "
+                f"run's primal optimizer is {current_type}. Resume with the "
+                "same optimizer or start a new run directory."
+            )
         saved_dual = state["dual_optimizer"]
         saved_names = None if saved_dual is None else saved_dual["names"]
         if saved_names != (self.dual_names if self.dual_optimizer is not None else None):
-            raise CheckpointError(f"load_checkpoint: {source} steps the multipliers of "
-                                  f"{saved_names} but this run steps {self.dual_names}. Use the "
-                                  "same dual learning rates and formulations as the saved run.")
+            raise CheckpointError(
+                f"load_checkpoint: {source} steps the multipliers of "
+                f"{saved_names} but this run steps {self.dual_names}. Use the "
+                "same dual learning rates and formulations as the saved run."
+            )
         model = self.problem.model
         what = "model weights"
         try:
@@ -269,10 +303,11 @@ class Trainer:
             self.problem.generator.set_state(state["problem_generator"])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
             detail = " ".join(str(err).split())[:300]
-            raise CheckpointError(f"load_checkpoint: the {what} in {source} do not fit this run "
-                                  f"({type(err).__name__}: {detail}). Resume with the same model, "
-                                  "optimizers and constraints, or start a new run directory."
-                                  ) from err
+            raise CheckpointError(
+                f"load_checkpoint: the {what} in {source} do not fit this run "
+                f"({type(err).__name__}: {detail}). Resume with the same model, "
+                "optimizers and constraints, or start a new run directory."
+            ) from err
         restored = History.from_dict(state["history"])
         self.history.truncate(-1)  # drop every row: the checkpoint holds the whole history
         self.history.extend(restored)
@@ -282,8 +317,17 @@ class Trainer:
         self._t0 = time.perf_counter() - (times[-1] if times else 0.0)
 
 
-_TRAINER_KEYS = ("constraints", "model", "primal_optimizer", "dual_optimizer", "cmp",
-                 "problem_generator", "history", "step", "skipped")
+_TRAINER_KEYS = (
+    "constraints",
+    "model",
+    "primal_optimizer",
+    "dual_optimizer",
+    "cmp",
+    "problem_generator",
+    "history",
+    "step",
+    "skipped",
+)
 _FIT_KEYS = ("epoch", "batch_in_epoch", "epoch_rng", "rng", "loader_rng")
 
 
@@ -357,26 +401,42 @@ def fit(
     _check_positive_int(patience, "patience", allow_none=False)
     _check_positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint_every is not None and checkpoint_dir is None:
-        raise InputValidationError("fit: checkpoint_every needs checkpoint_dir (got None). Name "
-                                   "a folder for the checkpoints.")
-    if isinstance(loader, (str, bytes)) or not (hasattr(loader, "__iter__")
-                                                or hasattr(loader, "__getitem__")):
-        raise InputValidationError(f"fit: loader must be an iterable of batches such as a "
-                                   f"DataLoader (got {type(loader).__name__}).")
+        raise InputValidationError(
+            "fit: checkpoint_every needs checkpoint_dir (got None). Name "
+            "a folder for the checkpoints."
+        )
+    if isinstance(loader, (str, bytes)) or not (
+        hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")
+    ):
+        raise InputValidationError(
+            f"fit: loader must be an iterable of batches such as a "
+            f"DataLoader (got {type(loader).__name__})."
+        )
     callbacks = list(callbacks)
     for cb in [*callbacks, eval_fn]:
         if cb is not None and not callable(cb):
-            raise InputValidationError(f"fit: callbacks and eval_fn must be callable (got "
-                                       f"{type(cb).__name__}).")
-    if stop_tolerance is not None and (isinstance(stop_tolerance, bool)
-                                       or not isinstance(stop_tolerance, (int, float))
-                                       or math.isnan(stop_tolerance)):
-        raise InputValidationError(f"fit: stop_tolerance must be a number or None (got "
-                                   f"{stop_tolerance!r}).")
+            raise InputValidationError(
+                f"fit: callbacks and eval_fn must be callable (got {type(cb).__name__})."
+            )
+    if stop_tolerance is not None and (
+        isinstance(stop_tolerance, bool)
+        or not isinstance(stop_tolerance, (int, float))
+        or math.isnan(stop_tolerance)
+    ):
+        raise InputValidationError(
+            f"fit: stop_tolerance must be a number or None (got {stop_tolerance!r})."
+        )
     if device is not None:
         _move(problem, device)
-    trainer = Trainer(problem, primal_optimizer, dual_lr=dual_lr, dual_optimizer=dual_optimizer,
-                      update=update, history=history, on_nonfinite=on_nonfinite)
+    trainer = Trainer(
+        problem,
+        primal_optimizer,
+        dual_lr=dual_lr,
+        dual_optimizer=dual_optimizer,
+        update=update,
+        history=history,
+        on_nonfinite=on_nonfinite,
+    )
     ckpt_path = None
     if checkpoint_dir is not None:
         ckpt_path = checkpoint.prepare_dir(checkpoint_dir) / CHECKPOINT_NAME
@@ -395,7 +455,11 @@ def fit(
     stopped, feasible_run = "budget", 0
     n = len(FIELDS)
     idx_max = [2 + k * n + 1 for k in range(len(trainer.names))]
-    position: dict[str, Any] = {"epoch": start_epoch, "batch_in_epoch": skip_batches, "epoch_rng": epoch_rng}
+    position: dict[str, Any] = {
+        "epoch": start_epoch,
+        "batch_in_epoch": skip_batches,
+        "epoch_rng": epoch_rng,
+    }
 
     def save(check: bool = False) -> None:
         if ckpt_path is not None:
@@ -405,11 +469,15 @@ def fit(
                     raise NonFiniteError(
                         f"fit: non-finite {', '.join(bad)} after step {trainer.step_count - 1} "
                         f"(epoch {position['epoch']}); {ckpt_path} keeps the last finite state. "
-                        "Lower the learning rates or check the data for NaN/inf.")
+                        "Lower the learning rates or check the data for NaN/inf."
+                    )
                 return
             state = trainer.state_dict()
-            state.update(position, rng=checkpoint.capture_rng(),
-                         loader_rng=None if gen is None else gen.get_state())
+            state.update(
+                position,
+                rng=checkpoint.capture_rng(),
+                loader_rng=None if gen is None else gen.get_state(),
+            )
             checkpoint.atomic_save(state, ckpt_path)
 
     def budget_left() -> bool:
@@ -453,8 +521,9 @@ def fit(
                 if bar is not None:
                     bar.update(1)
                     if trainer.step_count % 10 == 1:
-                        bar.set_postfix(loss=f"{row[0]:.4g}", max_violation=f"{worst:.3g}",
-                                        refresh=False)
+                        bar.set_postfix(
+                            loss=f"{row[0]:.4g}", max_violation=f"{worst:.3g}", refresh=False
+                        )
                 if eval_fn is not None and eval_every and trainer.step_count % eval_every == 0:
                     trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
                 if checkpoint_every and trainer.step_count % checkpoint_every == 0:
@@ -472,9 +541,11 @@ def fit(
                     break
             else:  # the epoch ran to its end: the next checkpoint starts the next epoch
                 if seen == 0:
-                    raise InputValidationError("fit: the loader yielded no batch. Check the "
-                                               "dataset is not empty and drop_last does not drop "
-                                               "everything.")
+                    raise InputValidationError(
+                        "fit: the loader yielded no batch. Check the "
+                        "dataset is not empty and drop_last does not drop "
+                        "everything."
+                    )
                 position.update(epoch=epoch + 1, batch_in_epoch=0, epoch_rng=None)
                 continue
             break
@@ -487,9 +558,14 @@ def fit(
     save(check=True)
     if eval_fn is not None:
         trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
-    return FitResult(trainer.history, problem, trainer.step_count, stopped,
-                     trainer.dual_optimizer, {"skipped_steps": trainer.skipped,
-                                              "checkpoint": ckpt_path})
+    return FitResult(
+        trainer.history,
+        problem,
+        trainer.step_count,
+        stopped,
+        trainer.dual_optimizer,
+        {"skipped_steps": trainer.skipped, "checkpoint": ckpt_path},
+    )
 
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -497,8 +573,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def _epoch_rng(gen: torch.Generator | None) -> dict[str, Any]:
     """Random states that decide an epoch's data order, captured before ``iter(loader)``."""
-    return {"global": checkpoint.capture_rng(),
-            "loader": None if gen is None else gen.get_state()}
+    return {"global": checkpoint.capture_rng(), "loader": None if gen is None else gen.get_state()}
 
 
 def _restore_epoch_rng(state: dict[str, Any], gen: torch.Generator | None) -> None:
@@ -519,8 +594,9 @@ def _progress(total: int | None, enabled: bool, initial: int = 0) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="constrained fit", unit="step",
-                dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=initial, desc="constrained fit", unit="step", dynamic_ncols=True
+    )
 
 
 def _move(problem: DerivativeProblem, device: torch.device | str) -> None:
@@ -530,7 +606,9 @@ def _move(problem: DerivativeProblem, device: torch.device | str) -> None:
             problem.model.to(dev)
         problem.to(device=dev)
     except (RuntimeError, TypeError, AssertionError) as err:
-        raise InputValidationError(f"fit: cannot move the model to device {device!r} "
-                                   f"({type(err).__name__}: {err}). Use 'cpu' or an available "
-                                   "accelerator.") from err
+        raise InputValidationError(
+            f"fit: cannot move the model to device {device!r} "
+            f"({type(err).__name__}: {err}). Use 'cpu' or an available "
+            "accelerator."
+        ) from err
     problem.device = dev

@@ -65,8 +65,9 @@ class StepLagrangian:
                 _set_dual_grad(weight, cs, indexed)
         dual_total = None
         if self.generic:
-            sub = cooper.CMPState(observed_constraints={c: observed[c] for c in self.generic
-                                                        if c in observed})
+            sub = cooper.CMPState(
+                observed_constraints={c: observed[c] for c in self.generic if c in observed}
+            )
             if primal:
                 p = sub.compute_primal_lagrangian().lagrangian
                 if p is not None:
@@ -87,13 +88,17 @@ def _set_dual_grad(weight: torch.nn.Parameter, cs: cooper.ConstraintState, index
     strict = cs.strict_violation if cs.strict_violation is not None else cs.violation
     strict = strict.detach().reshape(-1).to(weight.dtype)
     if indexed:
-        ids = (cs.strict_constraint_features if cs.strict_constraint_features is not None
-               else cs.constraint_features)
+        ids = (
+            cs.strict_constraint_features
+            if cs.strict_constraint_features is not None
+            else cs.constraint_features
+        )
         assert ids is not None, "pointwise constraint states carry point ids"
         # ids were range-checked when the points were drawn (AtPoints / check_batch_index);
         # opting out explicitly avoids torch's "invariant checks are implicitly disabled" warning
-        grad = torch.sparse_coo_tensor(ids.reshape(1, -1), strict.reshape(-1, 1), weight.shape,
-                                       check_invariants=False)
+        grad = torch.sparse_coo_tensor(
+            ids.reshape(1, -1), strict.reshape(-1, 1), weight.shape, check_invariants=False
+        )
     else:
         grad = strict.reshape(weight.shape)
     weight.grad = grad if weight.grad is None else weight.grad + grad

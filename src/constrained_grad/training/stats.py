@@ -14,8 +14,16 @@ from collections.abc import Sequence
 
 import torch
 
-FIELDS = ("violation_mean", "violation_max", "fraction_violated", "multiplier_mean",
-          "multiplier_max", "multiplier_min", "multiplier_q50", "multiplier_q90")
+FIELDS = (
+    "violation_mean",
+    "violation_max",
+    "fraction_violated",
+    "multiplier_mean",
+    "multiplier_max",
+    "multiplier_min",
+    "multiplier_q50",
+    "multiplier_q90",
+)
 SMALL_MULTIPLIER = 32
 #: violation matrices up to this size are summarised in Python after the one sync
 RAW_VIOLATIONS = 256
@@ -46,14 +54,26 @@ class StepStats:
         self.kind = {}
         for name in self.names:
             w = weights[name]
-            self.kind[name] = ("none" if w is None or w.numel() == 0
-                               else "small" if w.numel() <= SMALL_MULTIPLIER else "large")
+            self.kind[name] = (
+                "none"
+                if w is None or w.numel() == 0
+                else "small"
+                if w.numel() <= SMALL_MULTIPLIER
+                else "large"
+            )
 
-    def pack(self, loss: torch.Tensor | None, lagrangian: torch.Tensor | None,
-             violations: dict[str, torch.Tensor]) -> torch.Tensor:
+    def pack(
+        self,
+        loss: torch.Tensor | None,
+        lagrangian: torch.Tensor | None,
+        violations: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
         """One flat tensor; small violation matrices travel raw (summarised in Python)."""
-        ref = next(iter(violations.values())) if violations else (
-            loss if loss is not None else torch.zeros(()))
+        ref = (
+            next(iter(violations.values()))
+            if violations
+            else (loss if loss is not None else torch.zeros(()))
+        )
         dtype, device = ref.dtype, ref.device
 
         def flat(t: torch.Tensor | None) -> torch.Tensor:
@@ -89,13 +109,13 @@ class StepStats:
         viol: list[list[float]] = []
         for n_raw in self._raw:
             if n_raw:
-                g = flat[pos: pos + n_raw]
+                g = flat[pos : pos + n_raw]
                 mean = sum(g) / n_raw
                 worst = _NAN if math.isnan(mean) else max(g)  # max() ignores NaN by accident
                 viol.append([mean, worst, sum(v > 0 for v in g) / n_raw])
                 pos += n_raw
             else:
-                viol.append(flat[pos: pos + 3])
+                viol.append(flat[pos : pos + 3])
                 pos += 3
         small: dict[str, list[float]] = {}
         mult: dict[str, list[float]] = {}
@@ -103,11 +123,11 @@ class StepStats:
             kind = self.kind[name]
             if kind == "small":
                 n = self.weights[name].numel()  # type: ignore[union-attr]
-                small[name] = flat[pos: pos + n]
+                small[name] = flat[pos : pos + n]
                 mult[name] = summarise(small[name])
                 pos += n
             elif kind == "large":
-                mult[name] = flat[pos: pos + 5]
+                mult[name] = flat[pos : pos + 5]
                 pos += 5
             else:
                 mult[name] = [_NAN] * 5

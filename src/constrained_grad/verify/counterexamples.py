@@ -29,7 +29,9 @@ Violations = Callable[[torch.Tensor, bool], torch.Tensor]
 
 def _positive_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConstraintSpecError(f"Counterexamples: {what} must be a positive int (got {value!r}).")
+        raise ConstraintSpecError(
+            f"Counterexamples: {what} must be a positive int (got {value!r})."
+        )
     return value
 
 
@@ -45,12 +47,22 @@ class Counterexamples(PointSource):
         seed: seeds the searches (round ``r`` uses ``seed + r``).
     """
 
-    def __init__(self, domain: Box, *, capacity: int = 256, every: int = 50, starts: int = 64,
-                 steps: int = 30, step_size: float = 0.05, batch_size: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        domain: Box,
+        *,
+        capacity: int = 256,
+        every: int = 50,
+        starts: int = 64,
+        steps: int = 30,
+        step_size: float = 0.05,
+        batch_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
         if not isinstance(domain, Box):
-            raise ConstraintSpecError(f"Counterexamples: domain must be a cg.Box (got "
-                                      f"{type(domain).__name__}).")
+            raise ConstraintSpecError(
+                f"Counterexamples: domain must be a cg.Box (got {type(domain).__name__})."
+            )
         self.domain = domain
         self.capacity = _positive_int(capacity, "capacity")
         self.num_points = self.capacity
@@ -73,8 +85,10 @@ class Counterexamples(PointSource):
 
     def check_inputs(self, n_inputs: int, who: str) -> None:
         if self.domain.dim != n_inputs:
-            raise ConstraintSpecError(f"{who}: Counterexamples domain has {self.domain.dim} "
-                                      f"features but the model takes {n_inputs}.")
+            raise ConstraintSpecError(
+                f"{who}: Counterexamples domain has {self.domain.dim} "
+                f"features but the model takes {n_inputs}."
+            )
 
     def _all_violations(self, x: torch.Tensor, graph_in_x: bool) -> torch.Tensor:
         return torch.cat([fn(x, graph_in_x) for fn in self._violations], dim=1)
@@ -82,16 +96,26 @@ class Counterexamples(PointSource):
     def search(self, dtype: torch.dtype, device: torch.device) -> int:
         """One search round; returns how many counterexamples were added."""
         if not self._violations:
-            raise ConstraintSpecError("Counterexamples: not attached to a problem. Use it as "
-                                      "where= of a constraint in a DerivativeProblem.")
+            raise ConstraintSpecError(
+                "Counterexamples: not attached to a problem. Use it as "
+                "where= of a constraint in a DerivativeProblem."
+            )
         init = self.buffer[: self.filled] if self.filled else None
-        res = adversarial_search(lambda x: self._all_violations(x, True), self.domain.low,
-                                 self.domain.high, starts=self.starts, steps=self.steps,
-                                 step_size=self.step_size, seed=self.seed + self.rounds,
-                                 fixed=self.domain.fixed or None,
-                                 categorical=self.domain.categorical or None,
-                                 init_points=init, device=device, dtype=dtype,
-                                 top_k=self.starts)
+        res = adversarial_search(
+            lambda x: self._all_violations(x, True),
+            self.domain.low,
+            self.domain.high,
+            starts=self.starts,
+            steps=self.steps,
+            step_size=self.step_size,
+            seed=self.seed + self.rounds,
+            fixed=self.domain.fixed or None,
+            categorical=self.domain.categorical or None,
+            init_points=init,
+            device=device,
+            dtype=dtype,
+            top_k=self.starts,
+        )
         self.rounds += 1
         worst = res.worst_violations.max(dim=1).values
         new = res.worst_inputs[worst > 0].to(torch.float64)
@@ -99,7 +123,7 @@ class Counterexamples(PointSource):
             return 0
         free = self.capacity - self.filled
         take = min(free, new.shape[0])
-        self.buffer[self.filled: self.filled + take] = new[:take]
+        self.buffer[self.filled : self.filled + take] = new[:take]
         self.filled += take
         rest = new[take:]
         if rest.shape[0]:  # full: replace the buffered points with the most slack
@@ -122,8 +146,9 @@ class Counterexamples(PointSource):
         self.calls += 1
         if self.filled == 0:  # nothing found yet: the domain's centre, a harmless point
             centre = ((self.domain.low + self.domain.high) / 2).reshape(1, -1)
-            return centre.to(dtype=dtype, device=device), torch.zeros(1, dtype=torch.long,
-                                                                       device=device)
+            return centre.to(dtype=dtype, device=device), torch.zeros(
+                1, dtype=torch.long, device=device
+            )
         n = self.filled
         if self.batch_size is None or self.batch_size >= n:
             idx = torch.arange(n)
@@ -132,5 +157,6 @@ class Counterexamples(PointSource):
         return self.buffer[idx].to(dtype=dtype, device=device), idx.to(device)
 
     def __repr__(self) -> str:
-        return (f"Counterexamples(capacity={self.capacity}, every={self.every}, "
-                f"filled={self.filled})")
+        return (
+            f"Counterexamples(capacity={self.capacity}, every={self.every}, filled={self.filled})"
+        )

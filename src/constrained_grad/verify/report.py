@@ -78,8 +78,10 @@ class VerificationReport:
         for c in self.constraints:
             if c.name == name:
                 return c
-        raise KeyError(f"VerificationReport: no constraint named {name!r} (got "
-                       f"{[c.name for c in self.constraints]}).")
+        raise KeyError(
+            f"VerificationReport: no constraint named {name!r} (got "
+            f"{[c.name for c in self.constraints]})."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))
@@ -91,27 +93,38 @@ class VerificationReport:
         Path(path).write_text(self.to_markdown())
 
     def to_markdown(self) -> str:
-        lines = ["# Verification report", "",
-                 f"Domain: {self.domain.get('dim')} features, low {self.domain.get('low')}, "
-                 f"high {self.domain.get('high')}. A point violates a constraint when its "
-                 f"violation exceeds tol = {self.tol:g}. Total time {self.seconds:.3g} s.", "",
-                 "| constraint | kind | status | max violation | fraction violating | methods |",
-                 "|---|---|---|---|---|---|"]
+        lines = [
+            "# Verification report",
+            "",
+            f"Domain: {self.domain.get('dim')} features, low {self.domain.get('low')}, "
+            f"high {self.domain.get('high')}. A point violates a constraint when its "
+            f"violation exceeds tol = {self.tol:g}. Total time {self.seconds:.3g} s.",
+            "",
+            "| constraint | kind | status | max violation | fraction violating | methods |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in self.constraints:
             methods = ", ".join(m.method for m in c.methods) or "-"
-            lines.append(f"| {c.name} | {c.kind} | **{c.status}** | {_fmt(c.max_violation)} | "
-                         f"{_fmt(c.fraction_violating)} | {methods} |")
+            lines.append(
+                f"| {c.name} | {c.kind} | **{c.status}** | {_fmt(c.max_violation)} | "
+                f"{_fmt(c.fraction_violating)} | {methods} |"
+            )
         for c in self.constraints:
             lines += ["", f"## {c.name} ({c.kind}): {c.status}", ""]
             if c.note:
                 lines += [c.note, ""]
             if c.methods:
-                lines += ["| method | max violation | fraction violating | evaluations | seconds "
-                          "| detail |", "|---|---|---|---|---|---|"]
+                lines += [
+                    "| method | max violation | fraction violating | evaluations | seconds "
+                    "| detail |",
+                    "|---|---|---|---|---|---|",
+                ]
                 for m in c.methods:
-                    lines.append(f"| {m.method} | {_fmt(m.max_violation)} | "
-                                 f"{_fmt(m.fraction_violating)} | {m.evaluations} | "
-                                 f"{m.seconds:.3g} | {m.detail} |")
+                    lines.append(
+                        f"| {m.method} | {_fmt(m.max_violation)} | "
+                        f"{_fmt(m.fraction_violating)} | {m.evaluations} | "
+                        f"{m.seconds:.3g} | {m.detail} |"
+                    )
             if c.certificate:
                 lines += ["", "Exact certificate:", "", "```", c.certificate, "```"]
             if c.counterexamples:
@@ -119,13 +132,17 @@ class VerificationReport:
                 for k, ce in enumerate(c.counterexamples):
                     xs = ", ".join(f"{v:.4g}" for v in ce.x)
                     ds = ", ".join(f"{key} = {v:.4g}" for key, v in ce.derivatives.items())
-                    lines.append(f"{k + 1}. x = [{xs}]: violation {ce.violation:.4g} at "
-                                 f"{ce.component} ({ce.found_by})" + (f"; {ds}" if ds else ""))
+                    lines.append(
+                        f"{k + 1}. x = [{xs}]: violation {ce.violation:.4g} at "
+                        f"{ce.component} ({ce.found_by})" + (f"; {ds}" if ds else "")
+                    )
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:
-        rows = [f"{c.name}: {c.status} (max violation {_fmt(c.max_violation)})"
-                for c in self.constraints]
+        rows = [
+            f"{c.name}: {c.status} (max violation {_fmt(c.max_violation)})"
+            for c in self.constraints
+        ]
         return "VerificationReport(" + "; ".join(rows) + ")"
 
 

@@ -62,8 +62,9 @@ def _model_dims(model: Any, dim: int) -> tuple[int, int, torch.dtype, torch.devi
     return dim, int(out[0].numel()), dtype, device
 
 
-def _certify(model: Any, c: DerivativeConstraint, domain: Box, tol: float,
-             time_limit: float | None) -> tuple[str, str, list[Counterexample], float]:
+def _certify(
+    model: Any, c: DerivativeConstraint, domain: Box, tol: float, time_limit: float | None
+) -> tuple[str, str, list[Counterexample], float]:
     """MILP certificates for every (input, output) pair of a sign/bound constraint."""
     pairs = [(j, i) for i in c._outputs for j in c._inputs]  # type: ignore[attr-defined]
     lines, ces, statuses, seconds = [], [], [], 0.0
@@ -80,29 +81,51 @@ def _certify(model: Any, c: DerivativeConstraint, domain: Box, tol: float,
             assert (lo is None or isinstance(lo, float)) and (hi is None or isinstance(hi, float))
             lower = None if lo is None else lo - c.tolerance - tol
             upper = None if hi is None else hi + c.tolerance + tol
-        cert = certify_derivative_sign(model, domain.low, domain.high, input_index=j,
-                                       output_index=i, lower=lower, upper=upper,
-                                       time_limit=time_limit, fixed=domain.fixed or None,
-                                       categorical=domain.categorical or None)
+        cert = certify_derivative_sign(
+            model,
+            domain.low,
+            domain.high,
+            input_index=j,
+            output_index=i,
+            lower=lower,
+            upper=upper,
+            time_limit=time_limit,
+            fixed=domain.fixed or None,
+            categorical=domain.categorical or None,
+        )
         seconds += cert.solve_time + cert.encode_time
         statuses.append(cert.status)
         lines.append(f"∂f[{i}]/∂x[{j}]: " + cert.summary())
         for check in cert.checks:
             if check.counterexample is not None and check.autograd_value is not None:
                 bound = check.bound
-                viol = (bound - check.autograd_value if check.side == "lower"
-                        else check.autograd_value - bound) + tol
-                ces.append(Counterexample(x=check.counterexample.tolist(), violation=float(viol),
-                                          component=f"out {i}, in {j}",
-                                          derivatives={f"df[{i}]/dx[{j}]": check.autograd_value},
-                                          found_by="milp"))
-    status = ("violated" if "violated" in statuses else
-              "unknown" if "unknown" in statuses else "certified")
+                viol = (
+                    bound - check.autograd_value
+                    if check.side == "lower"
+                    else check.autograd_value - bound
+                ) + tol
+                ces.append(
+                    Counterexample(
+                        x=check.counterexample.tolist(),
+                        violation=float(viol),
+                        component=f"out {i}, in {j}",
+                        derivatives={f"df[{i}]/dx[{j}]": check.autograd_value},
+                        found_by="milp",
+                    )
+                )
+    status = (
+        "violated"
+        if "violated" in statuses
+        else "unknown"
+        if "unknown" in statuses
+        else "certified"
+    )
     return status, "\n".join(lines), ces, seconds
 
 
-def _counterexamples(result: SearchResult, c: DerivativeConstraint, model: Any, top_k: int,
-                     tol: float) -> list[Counterexample]:
+def _counterexamples(
+    result: SearchResult, c: DerivativeConstraint, model: Any, top_k: int, tol: float
+) -> list[Counterexample]:
     names = c.component_names
     out = []
     for x, v in zip(result.worst_inputs[:top_k], result.worst_violations[:top_k], strict=False):
@@ -111,8 +134,9 @@ def _counterexamples(result: SearchResult, c: DerivativeConstraint, model: Any, 
             break
         derivs: dict[str, float] = {}
         if hasattr(c, "_inputs") and not isinstance(c, GradientMatch):
-            param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) \
-                else None
+            param = (
+                next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+            )
             xx = x.reshape(1, -1).to(param.dtype if param is not None else torch.float32)
             if param is not None:
                 xx = xx.to(param.device)
@@ -121,9 +145,15 @@ def _counterexamples(result: SearchResult, c: DerivativeConstraint, model: Any, 
             for i in c._outputs:  # type: ignore[attr-defined]
                 for kk, j in enumerate(c._inputs):
                     derivs[f"df[{i}]/dx[{j}]"] = float(block[i, kk])
-        out.append(Counterexample(x=x.tolist(), violation=float(v[k]),
-                                  component=names[k] if k < len(names) else str(k),
-                                  derivatives=derivs, found_by=result.method))
+        out.append(
+            Counterexample(
+                x=x.tolist(),
+                violation=float(v[k]),
+                component=names[k] if k < len(names) else str(k),
+                derivatives=derivs,
+                found_by=result.method,
+            )
+        )
     return out
 
 
@@ -178,19 +208,27 @@ def verify(
     """
     who = "verify"
     if not isinstance(domain, Box):
-        raise InputValidationError(f"{who}: domain must be a cg.Box (got {type(domain).__name__}). "
-                                   "Build one with cg.Box(low, high).")
+        raise InputValidationError(
+            f"{who}: domain must be a cg.Box (got {type(domain).__name__}). "
+            "Build one with cg.Box(low, high)."
+        )
     if certify not in (True, False, "auto"):
-        raise InputValidationError(f"{who}: certify must be True, False or 'auto' (got "
-                                   f"{certify!r}).")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) \
-            or tol < 0:
+        raise InputValidationError(
+            f"{who}: certify must be True, False or 'auto' (got {certify!r})."
+        )
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float))
+        or not math.isfinite(tol)
+        or tol < 0
+    ):
         raise InputValidationError(f"{who}: tol must be a finite number >= 0 (got {tol!r}).")
     constraints = list(constraints)
     for c in constraints:
         if not isinstance(c, DerivativeConstraint):
-            raise InputValidationError(f"{who}: constraints must be declared constraints (got "
-                                       f"{type(c).__name__}).")
+            raise InputValidationError(
+                f"{who}: constraints must be declared constraints (got {type(c).__name__})."
+            )
     t0 = time.perf_counter()
     n_in, n_out, dtype, device = _model_dims(model, domain.dim)
     reports = []
@@ -202,59 +240,132 @@ def verify(
             if c.name is None:
                 counts[base] = counts.get(base, 0) + 1
             c.resolve(n_in, n_out)
-            reports.append(_verify_one(model, c, name, domain, dtype, device, samples=samples,
-                                       sampler=sampler, adversarial=adversarial, starts=starts,
-                                       steps=steps, step_size=step_size, certify=certify,
-                                       time_limit=time_limit, tol=tol, seed=seed, top_k=top_k,
-                                       batch_size=batch_size, progress=progress))
+            reports.append(
+                _verify_one(
+                    model,
+                    c,
+                    name,
+                    domain,
+                    dtype,
+                    device,
+                    samples=samples,
+                    sampler=sampler,
+                    adversarial=adversarial,
+                    starts=starts,
+                    steps=steps,
+                    step_size=step_size,
+                    certify=certify,
+                    time_limit=time_limit,
+                    tol=tol,
+                    seed=seed,
+                    top_k=top_k,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+            )
     return VerificationReport(
         reports,
-        {"dim": domain.dim, "low": domain.low.tolist(), "high": domain.high.tolist(),
-         "fixed": domain.fixed, "categorical": domain.categorical},
-        float(tol), time.perf_counter() - t0)
+        {
+            "dim": domain.dim,
+            "low": domain.low.tolist(),
+            "high": domain.high.tolist(),
+            "fixed": domain.fixed,
+            "categorical": domain.categorical,
+        },
+        float(tol),
+        time.perf_counter() - t0,
+    )
 
 
-def _verify_one(model: Any, c: DerivativeConstraint, name: str, domain: Box,
-                dtype: torch.dtype, device: torch.device, **kw: Any) -> ConstraintReport:
+def _verify_one(
+    model: Any,
+    c: DerivativeConstraint,
+    name: str,
+    domain: Box,
+    dtype: torch.dtype,
+    device: torch.device,
+    **kw: Any,
+) -> ConstraintReport:
     kind = type(c).__name__
     tol = kw["tol"]
     if isinstance(c, GradientMatch) and not isinstance(c.targets, torch.Tensor):
-        return ConstraintReport(name, kind, "skipped", None, None,
-                                note="Gradient targets come from the training batches, so the "
-                                     "constraint has no meaning away from the data.")
+        return ConstraintReport(
+            name,
+            kind,
+            "skipped",
+            None,
+            None,
+            note="Gradient targets come from the training batches, so the "
+            "constraint has no meaning away from the data.",
+        )
     if isinstance(c.where, AtPoints):
         return _verify_at_points(model, c, name, dtype, device, tol, kw["top_k"])
     methods: list[MethodResult] = []
     ces: list[Counterexample] = []
     worst, frac = -math.inf, None
     init = None
-    common = {"fixed": domain.fixed or None, "categorical": domain.categorical or None,
-              "device": device, "dtype": dtype, "top_k": kw["top_k"], "tol": tol,
-              "progress": kw["progress"], "seed": kw["seed"]}
+    common = {
+        "fixed": domain.fixed or None,
+        "categorical": domain.categorical or None,
+        "device": device,
+        "dtype": dtype,
+        "top_k": kw["top_k"],
+        "tol": tol,
+        "progress": kw["progress"],
+        "seed": kw["seed"],
+    }
     if kw["samples"]:
-        res = sample_search(violation_function(model, c, graph_in_x=False), domain.low,
-                            domain.high, n=kw["samples"], method=kw["sampler"],
-                            batch_size=kw["batch_size"], **common)
-        methods.append(MethodResult(res.method, res.max_violation, res.fraction_violating,
-                                    res.n_evaluations, res.wall_time))
+        res = sample_search(
+            violation_function(model, c, graph_in_x=False),
+            domain.low,
+            domain.high,
+            n=kw["samples"],
+            method=kw["sampler"],
+            batch_size=kw["batch_size"],
+            **common,
+        )
+        methods.append(
+            MethodResult(
+                res.method,
+                res.max_violation,
+                res.fraction_violating,
+                res.n_evaluations,
+                res.wall_time,
+            )
+        )
         worst, frac = max(worst, res.max_violation), res.fraction_violating
         ces += _counterexamples(res, c, model, kw["top_k"], tol)
         init = res.worst_inputs
     if kw["adversarial"]:
-        res = adversarial_search(violation_function(model, c, graph_in_x=True), domain.low,
-                                 domain.high, starts=kw["starts"], steps=kw["steps"],
-                                 step_size=kw["step_size"], init_points=init,
-                                 batch_size=min(kw["batch_size"], 1024), **common)
-        methods.append(MethodResult("adversarial", res.max_violation, res.fraction_violating,
-                                    res.n_evaluations, res.wall_time,
-                                    f"{res.n_points} starts x {kw['steps']} steps"))
+        res = adversarial_search(
+            violation_function(model, c, graph_in_x=True),
+            domain.low,
+            domain.high,
+            starts=kw["starts"],
+            steps=kw["steps"],
+            step_size=kw["step_size"],
+            init_points=init,
+            batch_size=min(kw["batch_size"], 1024),
+            **common,
+        )
+        methods.append(
+            MethodResult(
+                "adversarial",
+                res.max_violation,
+                res.fraction_violating,
+                res.n_evaluations,
+                res.wall_time,
+                f"{res.n_points} starts x {kw['steps']} steps",
+            )
+        )
         worst = max(worst, res.max_violation)
         ces += _counterexamples(res, c, model, kw["top_k"], tol)
     status = "violated" if worst > tol else "no violation found"
     certificate, note = "", ""
     certifiable = isinstance(c, Monotonic) or (
         isinstance(c, DerivativeBound)
-        and all(b is None or isinstance(b, float) for b in (c.lower, c.upper)))
+        and all(b is None or isinstance(b, float) for b in (c.lower, c.upper))
+    )
     if kw["certify"] and certifiable and isinstance(model, torch.nn.Module):
         try:
             cstatus, certificate, mces, secs = _certify(model, c, domain, tol, kw["time_limit"])
@@ -263,8 +374,11 @@ def _verify_one(model: Any, c: DerivativeConstraint, name: str, domain: Box,
                 raise
             note = f"No exact certificate: {err}"
         else:
-            methods.append(MethodResult("milp", max((x.violation for x in mces), default=None),
-                                        None, 0, secs, cstatus))
+            methods.append(
+                MethodResult(
+                    "milp", max((x.violation for x in mces), default=None), None, 0, secs, cstatus
+                )
+            )
             ces += mces
             if cstatus == "violated":
                 status = "violated"
@@ -275,16 +389,34 @@ def _verify_one(model: Any, c: DerivativeConstraint, name: str, domain: Box,
                 status = "unknown"
                 note = "The exact solver hit its time limit: no proof either way."
     elif kw["certify"] is True:
-        raise CertificationError(f"verify: {name} ({kind}) cannot be certified exactly: only "
-                                 "Monotonic and constant-bound DerivativeBound constraints of "
-                                 "Linear/ReLU networks can. Use certify='auto'.")
+        raise CertificationError(
+            f"verify: {name} ({kind}) cannot be certified exactly: only "
+            "Monotonic and constant-bound DerivativeBound constraints of "
+            "Linear/ReLU networks can. Use certify='auto'."
+        )
     ces.sort(key=lambda ce: -ce.violation)
-    return ConstraintReport(name, kind, status, None if worst == -math.inf else worst, frac,
-                            ces[: kw["top_k"]], methods, certificate, note)
+    return ConstraintReport(
+        name,
+        kind,
+        status,
+        None if worst == -math.inf else worst,
+        frac,
+        ces[: kw["top_k"]],
+        methods,
+        certificate,
+        note,
+    )
 
 
-def _verify_at_points(model: Any, c: DerivativeConstraint, name: str, dtype: torch.dtype,
-                      device: torch.device, tol: float, top_k: int) -> ConstraintReport:
+def _verify_at_points(
+    model: Any,
+    c: DerivativeConstraint,
+    name: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    tol: float,
+    top_k: int,
+) -> ConstraintReport:
     assert isinstance(c.where, AtPoints)
     t0 = time.perf_counter()
     x = c.where.data.to(dtype=dtype, device=device)
@@ -293,13 +425,25 @@ def _verify_at_points(model: Any, c: DerivativeConstraint, name: str, dtype: tor
     g = c.violations(values, None).detach()
     worst = g.max(dim=1).values
     order = torch.argsort(worst, descending=True)[:top_k]
-    ces = [Counterexample(x=x[k].tolist(), violation=float(worst[k]),
-                          component=c.component_names[int(torch.argmax(g[k]))],
-                          found_by="points") for k in order if float(worst[k]) > tol]
+    ces = [
+        Counterexample(
+            x=x[k].tolist(),
+            violation=float(worst[k]),
+            component=c.component_names[int(torch.argmax(g[k]))],
+            found_by="points",
+        )
+        for k in order
+        if float(worst[k]) > tol
+    ]
     mx = float(worst.max())
     frac = float((worst > tol).double().mean())
-    return ConstraintReport(name, type(c).__name__, "violated" if mx > tol else
-                            "no violation found", mx, frac, ces,
-                            [MethodResult("points", mx, frac, x.shape[0],
-                                          time.perf_counter() - t0)],
-                            note="Enforced at fixed points: checked at those points only.")
+    return ConstraintReport(
+        name,
+        type(c).__name__,
+        "violated" if mx > tol else "no violation found",
+        mx,
+        frac,
+        ces,
+        [MethodResult("points", mx, frac, x.shape[0], time.perf_counter() - t0)],
+        note="Enforced at fixed points: checked at those points only.",
+    )
