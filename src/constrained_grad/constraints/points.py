@@ -21,7 +21,7 @@ from constrained_grad.constraints.domain import Box
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 
 
-def _positive_int(value: object, who: str, what: str) -> int:
+def positive_int(value: object, who: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConstraintSpecError(f"{who}: {what} must be a positive int (got {value!r}).")
     return value
@@ -60,7 +60,7 @@ class OnBatch(PointSource):
 
     def __init__(self, num_points: int | None = None) -> None:
         if num_points is not None:
-            _positive_int(num_points, "OnBatch", "num_points")
+            positive_int(num_points, "OnBatch", "num_points")
         self.num_points = num_points
 
     def points(
@@ -80,7 +80,7 @@ class InBox(PointSource):
 
     def __init__(self, box: Box | tuple[Sequence[float], Sequence[float]], n: int = 256) -> None:
         self.box = box if isinstance(box, Box) else Box(*box)
-        self.n = _positive_int(n, "InBox", "n")
+        self.n = positive_int(n, "InBox", "n")
 
     def points(
         self,
@@ -107,7 +107,7 @@ class Between(PointSource):
     """Enforce at ``n`` points ``t x_a + (1-t) x_b`` between random pairs of batch points."""
 
     def __init__(self, n: int = 256) -> None:
-        self.n = _positive_int(n, "Between", "n")
+        self.n = positive_int(n, "Between", "n")
 
     def points(
         self,
@@ -147,7 +147,7 @@ class AtPoints(PointSource):
         self.n = int(points.shape[0])
         self.num_points = self.n
         self.batch_size = (
-            None if batch_size is None else _positive_int(batch_size, "AtPoints", "batch_size")
+            None if batch_size is None else positive_int(batch_size, "AtPoints", "batch_size")
         )
 
     def points(

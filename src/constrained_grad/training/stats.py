@@ -14,16 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-FIELDS = (
-    "violation_mean",
-    "violation_max",
-    "fraction_violated",
-    "multiplier_mean",
-    "multiplier_max",
-    "multiplier_min",
-    "multiplier_q50",
-    "multiplier_q90",
-)
+from constrained_grad.history.record import STATS
+
+FIELDS = STATS  # the per-constraint columns of a history row, in order
 SMALL_MULTIPLIER = 32
 #: violation matrices up to this size are summarised in Python after the one sync
 RAW_VIOLATIONS = 256

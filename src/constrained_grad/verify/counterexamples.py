@@ -20,19 +20,11 @@ from typing import Any
 import torch
 
 from constrained_grad.constraints.domain import Box
-from constrained_grad.constraints.points import PointSource
+from constrained_grad.constraints.points import PointSource, positive_int
 from constrained_grad.errors import ConstraintSpecError
 from constrained_grad.verify.search import adversarial_search
 
 Violations = Callable[[torch.Tensor, bool], torch.Tensor]
-
-
-def _positive_int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConstraintSpecError(
-            f"Counterexamples: {what} must be a positive int (got {value!r})."
-        )
-    return value
 
 
 class Counterexamples(PointSource):
@@ -64,13 +56,17 @@ class Counterexamples(PointSource):
                 f"Counterexamples: domain must be a cg.Box (got {type(domain).__name__})."
             )
         self.domain = domain
-        self.capacity = _positive_int(capacity, "capacity")
+        self.capacity = positive_int(capacity, "Counterexamples", "capacity")
         self.num_points = self.capacity
-        self.every = _positive_int(every, "every")
-        self.starts = _positive_int(starts, "starts")
-        self.steps = _positive_int(steps, "steps")
+        self.every = positive_int(every, "Counterexamples", "every")
+        self.starts = positive_int(starts, "Counterexamples", "starts")
+        self.steps = positive_int(steps, "Counterexamples", "steps")
         self.step_size = float(step_size)
-        self.batch_size = None if batch_size is None else _positive_int(batch_size, "batch_size")
+        self.batch_size = (
+            None
+            if batch_size is None
+            else positive_int(batch_size, "Counterexamples", "batch_size")
+        )
         self.seed = int(seed)
         self._violations: list[Violations] = []
         self._model: Any = None
