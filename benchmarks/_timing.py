@@ -132,10 +132,10 @@ def interleaved(
     out = {m.name: Timing(m.name, steps_per_block=sizes[m.name]) for m in methods}
     for r in range(rounds):
         order = list(methods[r % len(methods) :]) + list(methods[: r % len(methods)])
+        gc.collect()  # once per round: a full collection can take 0.1 s with torch loaded
         for m in order:
             if r not in active[m.name]:
                 continue
-            gc.collect()
             n = sizes[m.name]
             out[m.name].samples_ms.append(1e3 * _time_block(m.step, n) / n)
     return out
