@@ -458,6 +458,16 @@ CASES: dict[str, Case] = {
         InputValidationError,
         r"verify: domain must be a cg\.Box",
     ),
+    "verify_box_of_wrong_width": (
+        lambda c: cg.verify(_model(), [_mono()], cg.Box([0.0] * (D + 1), [1.0] * (D + 1))),
+        InputValidationError,
+        r"verify: the model fails on inputs of the domain's width",
+    ),
+    "verify_seed_not_int": (
+        lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, seed="a"),
+        InputValidationError,
+        r"verify: seed must be an int \(got 'a'\)",
+    ),
     "verify_bad_certify": (
         lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, certify="yes"),
         InputValidationError,

@@ -57,8 +57,22 @@ def _model_dims(model: Any, dim: int) -> tuple[int, int, torch.dtype, torch.devi
     param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
     dtype = param.dtype if param is not None else torch.get_default_dtype()
     device = param.device if param is not None else torch.device("cpu")
-    with torch.no_grad():
-        out = model(torch.zeros(1, dim, dtype=dtype, device=device))
+    if not callable(model):
+        raise InputValidationError(
+            f"verify: model must be a torch.nn.Module or a function (got {type(model).__name__})."
+        )
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, dim, dtype=dtype, device=device))
+    except Exception as err:  # the user's model: any failure means the domain does not fit
+        raise InputValidationError(
+            f"verify: the model fails on inputs of the domain's width {dim} "
+            f"({type(err).__name__}: {err}). Give the Box one bound per model input."
+        ) from err
+    if not isinstance(out, torch.Tensor) or out.dim() == 0:
+        raise InputValidationError(
+            f"verify: the model must return a batched tensor (got {type(out).__name__})."
+        )
     return dim, int(out[0].numel()), dtype, device
 
 
@@ -223,6 +237,8 @@ def verify(
         or tol < 0
     ):
         raise InputValidationError(f"{who}: tol must be a finite number >= 0 (got {tol!r}).")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputValidationError(f"{who}: seed must be an int (got {seed!r}).")
     constraints = list(constraints)
     for c in constraints:
         if not isinstance(c, DerivativeConstraint):
