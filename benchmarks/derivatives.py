@@ -52,6 +52,22 @@ LR = 1e-3
 FRO_WEIGHT = 1e-3
 
 
+def timing_record(scenario: str, d_out: int, name: str, t: Any, plain: Any) -> dict[str, Any]:
+    """The JSON record of one method's timing, with its ratios to the plain step."""
+    return {
+        "scenario": scenario,
+        "d_out": d_out,
+        "method": name,
+        "ms": round(t.median_ms, 4),
+        "ratio_to_plain": round(t.median_ms / plain.median_ms, 4),
+        "ms_min": round(t.min_ms, 4),
+        "ratio_to_plain_min": round(t.min_ms / plain.min_ms, 4),
+        "rounds": len(t.samples_ms),
+        "steps_per_block": t.steps_per_block,
+        "spread_pct": round(t.spread_pct, 2),
+    }
+
+
 def mlp(sizes: list[int], act: type[nn.Module], seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
@@ -173,20 +189,8 @@ def bench_monotone(
             block_seconds=args.block_seconds,
             log=log,
         )
-        plain, plain_min = timings["plain"].median_ms, timings["plain"].min_ms
         for name, t in timings.items():
-            rec: dict[str, Any] = {
-                "scenario": "monotone",
-                "d_out": d_out,
-                "method": name,
-                "ms": round(t.median_ms, 4),
-                "ratio_to_plain": round(t.median_ms / plain, 4),
-                "ms_min": round(t.min_ms, 4),
-                "ratio_to_plain_min": round(t.min_ms / plain_min, 4),
-                "rounds": len(t.samples_ms),
-                "steps_per_block": t.steps_per_block,
-                "spread_pct": round(t.spread_pct, 2),
-            }
+            rec = timing_record("monotone", d_out, name, t, timings["plain"])
             if name in errors:
                 rec["column_rel_error"] = errors[name]
             records.append(rec)
@@ -311,20 +315,8 @@ def bench_fro(
             block_seconds=args.block_seconds,
             log=log,
         )
-        plain, plain_min = timings["plain"].median_ms, timings["plain"].min_ms
         for name, t in timings.items():
-            rec: dict[str, Any] = {
-                "scenario": "jacobian_fro",
-                "d_out": d_out,
-                "method": name,
-                "ms": round(t.median_ms, 4),
-                "ratio_to_plain": round(t.median_ms / plain, 4),
-                "ms_min": round(t.min_ms, 4),
-                "ratio_to_plain_min": round(t.min_ms / plain_min, 4),
-                "rounds": len(t.samples_ms),
-                "steps_per_block": t.steps_per_block,
-                "spread_pct": round(t.spread_pct, 2),
-            }
+            rec = timing_record("jacobian_fro", d_out, name, t, timings["plain"])
             if name in ("exact", "naive_loop"):
                 rec["rel_error"] = 0.0
                 rec["rel_error_batch_mean"] = 0.0
