@@ -27,6 +27,22 @@ def positive_int(value: object, who: str, what: str) -> int:
     return value
 
 
+def subset_ids(n: int, batch_size: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Ids of the points used this step: all ``n``, or ``batch_size`` of them at random."""
+    if batch_size is None or batch_size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=generator)[:batch_size]
+
+
+def check_box_width(box: Box, n_inputs: int, who: str, what: str) -> None:
+    """Raise if a box does not have one bound per model input."""
+    if box.dim != n_inputs:
+        raise ConstraintSpecError(
+            f"{who}: {what} has {box.dim} features but the model takes {n_inputs} inputs per "
+            "sample. Give one bound per input feature."
+        )
+
+
 class PointSource:
     """Base class: produces the points a constraint is evaluated at on one step."""
 
@@ -92,12 +108,7 @@ class InBox(PointSource):
         return x.to(batch_x.device).reshape(self.n, *batch_x.shape[1:]), None
 
     def check_inputs(self, n_inputs: int, who: str) -> None:
-        if self.box.dim != n_inputs:
-            raise ConstraintSpecError(
-                f"{who}: InBox box has {self.box.dim} features but the model "
-                f"takes {n_inputs} inputs per sample. Give one bound per "
-                "input feature."
-            )
+        check_box_width(self.box, n_inputs, who, "InBox box")
 
     def __repr__(self) -> str:
         return f"InBox({self.box!r}, n={self.n})"
@@ -156,10 +167,7 @@ class AtPoints(PointSource):
         batch_index: torch.Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.batch_size is None or self.batch_size >= self.n:
-            idx = torch.arange(self.n)
-        else:
-            idx = torch.randperm(self.n, generator=generator)[: self.batch_size]
+        idx = subset_ids(self.n, self.batch_size, generator)
         device = batch_x.device if batch_x is not None else self.data.device
         dtype = batch_x.dtype if batch_x is not None else self.data.dtype
         return self.data[idx].to(device=device, dtype=dtype), idx.to(device)

@@ -20,7 +20,12 @@ from typing import Any
 import torch
 
 from constrained_grad.constraints.domain import Box
-from constrained_grad.constraints.points import PointSource, positive_int
+from constrained_grad.constraints.points import (
+    PointSource,
+    check_box_width,
+    positive_int,
+    subset_ids,
+)
 from constrained_grad.errors import ConstraintSpecError
 from constrained_grad.verify.search import adversarial_search
 
@@ -80,11 +85,7 @@ class Counterexamples(PointSource):
         self._violations.append(violations)
 
     def check_inputs(self, n_inputs: int, who: str) -> None:
-        if self.domain.dim != n_inputs:
-            raise ConstraintSpecError(
-                f"{who}: Counterexamples domain has {self.domain.dim} "
-                f"features but the model takes {n_inputs}."
-            )
+        check_box_width(self.domain, n_inputs, who, "Counterexamples domain")
 
     def _all_violations(self, x: torch.Tensor, graph_in_x: bool) -> torch.Tensor:
         return torch.cat([fn(x, graph_in_x) for fn in self._violations], dim=1)
@@ -145,11 +146,7 @@ class Counterexamples(PointSource):
             return centre.to(dtype=dtype, device=device), torch.zeros(
                 1, dtype=torch.long, device=device
             )
-        n = self.filled
-        if self.batch_size is None or self.batch_size >= n:
-            idx = torch.arange(n)
-        else:
-            idx = torch.randperm(n, generator=generator)[: self.batch_size]
+        idx = subset_ids(self.filled, self.batch_size, generator)
         return self.buffer[idx].to(dtype=dtype, device=device), idx.to(device)
 
     def __repr__(self) -> str:
