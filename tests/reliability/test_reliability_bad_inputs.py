@@ -461,7 +461,7 @@ CASES: dict[str, Case] = {
     "verify_box_of_wrong_width": (
         lambda c: cg.verify(_model(), [_mono()], cg.Box([0.0] * (D + 1), [1.0] * (D + 1))),
         InputValidationError,
-        r"verify: the model fails on inputs of the domain's width",
+        r"verify: the model fails on an input of shape .*Give the Box one bound per model input",
     ),
     "verify_seed_not_int": (
         lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, seed="a"),

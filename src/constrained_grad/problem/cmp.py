@@ -37,6 +37,7 @@ from constrained_grad.constraints import (
 from constrained_grad.constraints.points import check_batch_index
 from constrained_grad.derivatives import evaluate
 from constrained_grad.derivatives.engine import DerivativeValues, constraint_violations
+from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 from constrained_grad.problem.batch import Batch, as_batch
 
@@ -72,35 +73,15 @@ def infer_dims(
                     "example_input=x[:1] or input_shape=(d,)."
                 )
             input_shape = (first.in_features,)
-        param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-        dtype = param.dtype if param is not None else torch.get_default_dtype()
-        device = param.device if param is not None else None
+        dtype, device = dtype_and_device(model)
         example_input = torch.zeros(1, *input_shape, dtype=dtype, device=device)
     if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
         raise InputValidationError(
             f"{who}: example_input must be a batched tensor (1, *in_shape) "
             f"(got {getattr(example_input, 'shape', type(example_input))})."
         )
-    was_training = model.training if isinstance(model, torch.nn.Module) else None
-    try:
-        if isinstance(model, torch.nn.Module):
-            model.eval()
-        with torch.no_grad():
-            out = model(example_input[:1])
-    except Exception as err:  # the user's model: any exception means the shape is wrong
-        raise InputValidationError(
-            f"{who}: the model fails on an input of shape "
-            f"{(1, *example_input.shape[1:])} ({type(err).__name__}: {err})."
-            " Pass example_input= with a real sample."
-        ) from err
-    finally:
-        if was_training and isinstance(model, torch.nn.Module):
-            model.train()
-    if not isinstance(out, torch.Tensor) or out.dim() == 0:
-        raise InputValidationError(
-            f"{who}: the model must return a batched tensor (got {type(out).__name__})."
-        )
-    return tuple(example_input.shape[1:]), tuple(out.shape[1:])
+    out_shape = output_shape(model, example_input, who, "Pass example_input= with a real sample.")
+    return tuple(example_input.shape[1:]), out_shape
 
 
 class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
@@ -175,9 +156,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         self.generator = torch.Generator().manual_seed(seed)
         self.in_shape, self.out_shape = infer_dims(model, example_input, input_shape)
         self.n_inputs, self.n_outputs = math.prod(self.in_shape), math.prod(self.out_shape)
-        param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-        self.dtype = param.dtype if param is not None else torch.get_default_dtype()
-        self.device = param.device if param is not None else torch.device("cpu")
+        self.dtype, self.device = dtype_and_device(model)
 
         self.specs: dict[str, DerivativeConstraint] = {}
         counts: dict[str, int] = {}

@@ -37,6 +37,7 @@ from constrained_grad.constraints import (
 )
 from constrained_grad.derivatives import evaluate
 from constrained_grad.derivatives.engine import constraint_violations, frozen_eval
+from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
 from constrained_grad.errors import CertificationError, InputValidationError
 from constrained_grad.verify.milp import certify_derivative_sign
 from constrained_grad.verify.report import (
@@ -54,26 +55,10 @@ def violation_function(model: Any, constraint: DerivativeConstraint, *, graph_in
 
 
 def _model_dims(model: Any, dim: int) -> tuple[int, int, torch.dtype, torch.device]:
-    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-    dtype = param.dtype if param is not None else torch.get_default_dtype()
-    device = param.device if param is not None else torch.device("cpu")
-    if not callable(model):
-        raise InputValidationError(
-            f"verify: model must be a torch.nn.Module or a function (got {type(model).__name__})."
-        )
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(1, dim, dtype=dtype, device=device))
-    except Exception as err:  # the user's model: any failure means the domain does not fit
-        raise InputValidationError(
-            f"verify: the model fails on inputs of the domain's width {dim} "
-            f"({type(err).__name__}: {err}). Give the Box one bound per model input."
-        ) from err
-    if not isinstance(out, torch.Tensor) or out.dim() == 0:
-        raise InputValidationError(
-            f"verify: the model must return a batched tensor (got {type(out).__name__})."
-        )
-    return dim, int(out[0].numel()), dtype, device
+    dtype, device = dtype_and_device(model)
+    example = torch.zeros(1, dim, dtype=dtype, device=device)
+    out = output_shape(model, example, "verify", "Give the Box one bound per model input.")
+    return dim, math.prod(out), dtype, device
 
 
 def _certify(
@@ -140,28 +125,29 @@ def _certify(
 def _counterexamples(
     result: SearchResult, c: DerivativeConstraint, model: Any, top_k: int, tol: float
 ) -> list[Counterexample]:
+    """The violating points among the worst of a search, with their derivatives."""
     names = c.component_names
+    worst = result.worst_violations[:top_k]
+    keep = [r for r in range(worst.shape[0]) if float(worst[r].max()) > tol]
+    if not keep:
+        return []
+    blocks = None
+    if hasattr(c, "_inputs") and not isinstance(c, GradientMatch):
+        dtype, device = dtype_and_device(model)
+        xs = result.worst_inputs[keep].to(dtype=dtype, device=device)
+        blocks = evaluate(model, xs, c.needs, create_graph=False).columns(c._inputs)  # (n, m, k)
     out = []
-    for x, v in zip(result.worst_inputs[:top_k], result.worst_violations[:top_k], strict=False):
+    for n, r in enumerate(keep):
+        v = worst[r]
         k = int(torch.argmax(v))
-        if float(v[k]) <= tol:
-            break
         derivs: dict[str, float] = {}
-        if hasattr(c, "_inputs") and not isinstance(c, GradientMatch):
-            param = (
-                next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-            )
-            xx = x.reshape(1, -1).to(param.dtype if param is not None else torch.float32)
-            if param is not None:
-                xx = xx.to(param.device)
-            vals = evaluate(model, xx, c.needs, create_graph=False)
-            block = vals.columns(c._inputs)[0]  # (m, k)
+        if blocks is not None:
             for i in c._outputs:  # type: ignore[attr-defined]
-                for kk, j in enumerate(c._inputs):
-                    derivs[f"df[{i}]/dx[{j}]"] = float(block[i, kk])
+                for kk, j in enumerate(c._inputs):  # type: ignore[attr-defined]
+                    derivs[f"df[{i}]/dx[{j}]"] = float(blocks[n, i, kk])
         out.append(
             Counterexample(
-                x=x.tolist(),
+                x=result.worst_inputs[r].tolist(),
                 violation=float(v[k]),
                 component=names[k] if k < len(names) else str(k),
                 derivatives=derivs,
