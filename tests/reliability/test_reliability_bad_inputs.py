@@ -463,6 +463,11 @@ CASES: dict[str, Case] = {
         InputValidationError,
         r"verify: the model fails on an input of shape .*Give the Box one bound per model input",
     ),
+    "engine_data_of_wrong_width": (
+        lambda c: cg.jacobian_columns(torch.nn.Linear(3, 2), torch.randn(4, 5), [0]),
+        InputValidationError,
+        r"jacobian_columns: the model fails on inputs of shape \(4, 5\)",
+    ),
     "verify_seed_not_int": (
         lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, seed="a"),
         InputValidationError,

@@ -87,7 +87,15 @@ def forward(f: Fn, x: torch.Tensor, who: str) -> Forward:
     check_batch(x, who)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(), watch_coupling() as seen:
-        y = f(x)
+        try:
+            y = f(x)
+        except RuntimeError as err:
+            if not any(word in str(err) for word in ("shape", "size", "channels")):
+                raise
+            raise InputValidationError(
+                f"{who}: the model fails on inputs of shape {tuple(x.shape)} ({err}). "
+                "Pass a batch of the per-sample shape the model takes."
+            ) from err
     return wrap_forward(x, y, who, coupled=bool(seen) or has_train_mode_batchnorm(f))
 
 
