@@ -49,6 +49,7 @@ def test_every_example_has_main_with_the_common_signature() -> None:
     assert names == [
         "auto_mpg_monotone",
         "cooper_own_loop",
+        "distributed_training",
         "gradient_matching",
         "jacobian_norm_1000_outputs",
         "monotone_every_output",
@@ -148,3 +149,15 @@ def test_cooper_own_loop_matches_fit() -> None:
     assert m["dual_groups_in_registration_order"] == 1.0
     assert m["max_param_diff_vs_fit"] < 1e-6  # same simultaneous update as cg.fit
     assert m["max_multiplier_diff_vs_fit"] < 1e-6
+
+
+def test_distributed_training_runs_in_one_process(tmp_path: Path) -> None:
+    """Without torchrun the example is a plain single-process run (the 2-process run is
+    tests/training/test_distributed.py); it writes its checkpoint, history and plot."""
+    m = load("distributed_training").main(steps=30, out_dir=tmp_path)
+    check_finite(m)
+    assert m["world_size"] == 1.0 and m["steps"] == 30.0
+    for name in ("checkpoint/checkpoint.pt", "history.json", "history.png"):
+        assert (tmp_path / name).is_file(), name
+    history = __import__("constrained_grad").History.load_json(tmp_path / "history.json")
+    assert history.column("loss")[-1] == pytest.approx(m["loss"])

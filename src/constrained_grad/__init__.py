@@ -43,8 +43,15 @@ from constrained_grad.derivatives import (
     jacobian_rows,
     second_derivatives,
 )
-from constrained_grad.history import History, plot_history, plot_partial_dependence
-from constrained_grad.problem import DerivativeProblem, with_indices
+from constrained_grad.history import (
+    CSVLogger,
+    History,
+    TensorBoardLogger,
+    plot_history,
+    plot_partial_dependence,
+)
+from constrained_grad.parallel import is_main_process
+from constrained_grad.problem import DerivativeProblem, RankSync, with_indices
 from constrained_grad.training import FitResult, StepInfo, Trainer, fit
 from constrained_grad.verify import (
     Counterexamples,
@@ -63,6 +70,7 @@ __all__ = [
     "AugmentedLagrangian",
     "Between",
     "Box",
+    "CSVLogger",
     "Concave",
     "Convex",
     "Counterexamples",
@@ -82,7 +90,9 @@ __all__ = [
     "Needs",
     "OnBatch",
     "QuadraticPenalty",
+    "RankSync",
     "StepInfo",
+    "TensorBoardLogger",
     "Trainer",
     "VerificationReport",
     "adversarial_search",
@@ -94,6 +104,7 @@ __all__ = [
     "fit",
     "input_gradient",
     "input_gradient_norm",
+    "is_main_process",
     "jacobian_columns",
     "jacobian_fro_norm_sq",
     "jacobian_rows",

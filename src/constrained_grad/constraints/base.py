@@ -213,22 +213,33 @@ class DerivativeConstraint:
         )
 
 
-def reduce_violations(g: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _over_points(h: torch.Tensor, label: str) -> torch.Tensor:
+    return h.amax(0) if label == "max" else h.mean(0)
+
+
+def reduce_violations(
+    g: torch.Tensor,
+    reduction: str,
+    over_points: Callable[[torch.Tensor, str], torch.Tensor] = _over_points,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(primal, dual)`` views of a ``(B, C)`` violation matrix for an aggregate reduction.
 
     The primal value carries gradients to the model; the dual value (detached) drives the
-    multiplier update. Both have shape ``(C,)``.
+    multiplier update. Both have shape ``(C,)``. Every reduction over the points goes
+    through ``over_points(h, label)`` — a mean, or the max when ``label == "max"`` — which
+    data-parallel training replaces by the global reduction over all ranks' points.
     """
     if reduction == "mean_hinge":
-        return torch.relu(g).mean(0), g.detach().amax(0)
+        return over_points(torch.relu(g), "hinge_mean"), over_points(g.detach(), "max")
     if reduction == "max":
-        m = g.amax(0)
+        m = over_points(g, "max")
         return m, m.detach()
     if reduction == "mean":
-        m = g.mean(0)
+        m = over_points(g, "mean")
         return m, m.detach()
     if reduction == "l2_hinge":
-        m = torch.relu(g).pow(2).mean(0).add(torch.finfo(g.dtype).tiny).sqrt()
+        sq = over_points(torch.relu(g).pow(2), "hinge_sq_mean")
+        m = sq.add(torch.finfo(g.dtype).tiny).sqrt()
         return m, m.detach()
     raise ConstraintSpecError(
         f"reduce_violations: reduction {reduction!r} is not an aggregate. "

@@ -50,6 +50,9 @@ class PointSource:
     num_points: int | None = None
     #: True if the points are the training batch (the loss's forward pass is reused).
     uses_batch: bool = False
+    #: True if each data-parallel rank makes its own points from its shard of the batch;
+    #: False if every rank draws the same points, which are then split across ranks.
+    per_rank: bool = False
 
     def points(
         self,
@@ -73,6 +76,7 @@ class OnBatch(PointSource):
     loader must then yield each sample's index (see :func:`constrained_grad.with_indices`)."""
 
     uses_batch = True
+    per_rank = True
 
     def __init__(self, num_points: int | None = None) -> None:
         if num_points is not None:
@@ -116,6 +120,8 @@ class InBox(PointSource):
 
 class Between(PointSource):
     """Enforce at ``n`` points ``t x_a + (1-t) x_b`` between random pairs of batch points."""
+
+    per_rank = True  # pairs of this rank's batch points
 
     def __init__(self, n: int = 256) -> None:
         self.n = positive_int(n, "Between", "n")

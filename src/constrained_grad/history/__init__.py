@@ -1,8 +1,9 @@
 """Plain, detached records of a training run, and their plots (matplotlib lives in plots)."""
 
+from constrained_grad.history.loggers import CSVLogger, TensorBoardLogger
 from constrained_grad.history.record import History
 
-__all__ = ["History", "plot_history", "plot_partial_dependence"]
+__all__ = ["CSVLogger", "History", "TensorBoardLogger", "plot_history", "plot_partial_dependence"]
 
 
 def plot_history(*args, **kwargs):

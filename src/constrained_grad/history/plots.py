@@ -35,6 +35,7 @@ from matplotlib.figure import Figure, SubFigure
 from constrained_grad.derivatives import jacobian_columns
 from constrained_grad.errors import InputValidationError
 from constrained_grad.history.record import History, atomic_writer
+from constrained_grad.parallel import is_main_process
 
 __all__ = [
     "PartialDependence",
@@ -90,6 +91,8 @@ def _save(fig: Figure, path: str | os.PathLike[str] | None, who: str, dpi: float
             f"{who}: cannot infer an image format from {os.fspath(path)!r} (got suffix "
             f"{fmt!r}). Use one of {sorted(supported)}, e.g. 'history.png' or 'history.svg'."
         )
+    if not is_main_process():  # under torch.distributed only rank 0 writes files
+        return
     with atomic_writer(path, "wb") as fh:
         fig.savefig(fh, format=fmt, dpi=dpi)
 
@@ -134,6 +137,8 @@ def plot_history(
         log: logarithmic y axes (``symlog`` where values may be zero or negative).
         ax, axes: existing Axes, one per panel (otherwise a new figure is made).
         path: also save the figure; the format comes from the suffix (``.png``, ``.svg``, ...).
+            Under ``torch.distributed`` only rank 0 writes; other ranks return the figure
+            without writing.
         x: ``"step"``, ``"epoch"`` or ``"wall_time"``.
         panels: which panels to draw, in order.
         title: figure title (only set on a new figure).
@@ -438,7 +443,9 @@ def plot_partial_dependence(
         input_index: the feature ``j`` to vary.
         output_index: the (flattened) output to show, or None for all.
         grid, low, high: the grid of feature values (default range: the data's).
-        path: also save the figure; the format comes from the suffix.
+        path: also save the figure; the format comes from the suffix. Under
+            ``torch.distributed`` only rank 0 writes; other ranks return the figure without
+            writing.
         feature_name: axis label for the feature (default ``x[j]``).
         axes: two existing Axes (partial dependence, derivative).
         tol: slopes in ``[-tol, 0)`` count as non-negative.

@@ -15,7 +15,8 @@ Records are plain Python lists of floats (no tensors, no pandas), so appending c
 a microsecond and a history survives the process that made it: it saves to JSON (strict
 JSON: non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``,
 ``"-Infinity"``) or CSV (one row per step, floats written with ``repr``), and both round
-trips are exact, NaN, infinities and ``-0.0`` included. Files are written atomically.
+trips are exact, NaN, infinities and ``-0.0`` included. Files are written atomically, and
+under ``torch.distributed`` by rank 0 only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from constrained_grad.errors import CheckpointError, InputValidationError
+from constrained_grad.parallel import is_main_process
 
 __all__ = [
     "FORMAT_NAME",
@@ -696,7 +698,12 @@ class History:
         return h
 
     def save_json(self, path: str | os.PathLike[str], *, indent: int | None = None) -> None:
-        """Write strict JSON atomically (non-finite floats as ``"NaN"``/``"Infinity"``)."""
+        """Write strict JSON atomically (non-finite floats as ``"NaN"``/``"Infinity"``).
+
+        Under ``torch.distributed`` only rank 0 writes; other ranks return without writing.
+        """
+        if not is_main_process():
+            return
         d = self.to_dict()
         d["wall_time"] = _encode_list(d["wall_time"])
         d["values"] = {c: _encode_list(s) for c, s in d["values"].items()}
@@ -746,7 +753,10 @@ class History:
 
         Floats are written with ``repr`` (``nan``, ``inf``, ``-inf`` included); empty cells
         mean "not logged". Meta and evaluations are not part of the CSV (use JSON for those).
+        Under ``torch.distributed`` only rank 0 writes; other ranks return without writing.
         """
+        if not is_main_process():
+            return
         header, widths = self._csv_header()
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

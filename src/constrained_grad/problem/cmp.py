@@ -40,6 +40,7 @@ from constrained_grad.derivatives.engine import DerivativeValues, constraint_vio
 from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 from constrained_grad.problem.batch import Batch, as_batch
+from constrained_grad.problem.sync import RankSync
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
@@ -89,7 +90,9 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
 
     Args:
         model: a ``torch.nn.Module`` (or function of a batch) whose input derivatives are
-            constrained.
+            constrained. A ``DistributedDataParallel`` wrapper is unwrapped: derivative
+            terms are computed locally and :func:`~constrained_grad.fit` synchronises
+            the gradients itself (see :meth:`distribute`).
         loss: ``loss(outputs, targets) -> scalar``, e.g. ``torch.nn.functional.mse_loss``;
             ``None`` for a problem made of constraints only (e.g. gradient matching).
         constraints: declared constraints; names default to ``"<kind>_<k>"``.
@@ -149,6 +152,9 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 f"{who}: nothing to optimise (no loss, no constraints). "
                 "Give a loss, constraints, or both."
             )
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            # DDP's gradient hooks do not cover create_graph paths; fit synchronises instead
+            model = model.module
         self.model = model
         self.loss_fn = loss
         self.column_method = column_method
@@ -199,6 +205,10 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             else []
         )
         self.last_evals: dict[str, ConstraintEval] = {}
+        #: data-parallel synchronisation (:meth:`distribute`); None in a single process
+        self.sync: RankSync | None = None
+        #: constraints whose points were too few to split across ranks on the last step
+        self.replicated: set[str] = set()
         self._last_points: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     # -- construction ----------------------------------------------------------------------
@@ -281,13 +291,22 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                         f"tensor (got {getattr(loss, 'shape', loss)})."
                     )
                 loss = loss.reshape(())
-            observed: dict[cooper.Constraint, cooper.ConstraintState] = {}
             self.last_evals = {}
+            self.replicated = set()
+            evaluated: list[tuple[str, torch.Tensor, DerivativeValues]] = []
             for names in self._groups.values():
                 source = self.specs[names[0]].where
                 values = self._values_for(source, b, x, outputs, names, create_graph, reuse_points)
                 for name in names:
-                    observed[self._constraints[name]] = self._state_for(name, values, b)
+                    evaluated.append((name, self.specs[name].violations(values, b), values))
+            if self.sync is not None:  # data-parallel: values of the global batch
+                self.sync.exchange(loss, {name: g for name, g, _ in evaluated})
+                if loss is not None:
+                    loss = self.sync.loss(loss)
+            observed = {
+                self._constraints[name]: self._state_for(name, g, values, b)
+                for name, g, values in evaluated
+            }
         return cooper.CMPState(
             loss=loss, observed_constraints=observed, misc={"outputs": outputs.detach()}
         )
@@ -375,6 +394,8 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             points, index = self._last_points[key]
         else:
             points, index = source.points(x.detach(), b.index, self.generator)
+            if self.sync is not None and not source.per_rank:
+                points, index = self._shard(points, index, names)
             self._last_points[key] = (points, index)
         return evaluate(
             self.model,
@@ -386,9 +407,25 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             index=index,
         )
 
-    def _state_for(self, name: str, values: DerivativeValues, b: Batch) -> cooper.ConstraintState:
+    def _shard(
+        self, points: torch.Tensor, index: torch.Tensor | None, names: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's share ``points[rank::W]`` of points every rank drew alike.
+
+        Fewer points than ranks are evaluated whole on every rank (``replicated``).
+        """
+        assert self.sync is not None
+        rank, world = self.sync.rank, self.sync.world_size
+        if points.shape[0] < world:
+            self.replicated.update(names)
+            return points, index
+        return points[rank::world], None if index is None else index[rank::world]
+
+    def _state_for(
+        self, name: str, g: torch.Tensor, values: DerivativeValues, b: Batch
+    ) -> cooper.ConstraintState:
+        """Cooper's state of constraint ``name`` from its ``(B, C)`` violations ``g``."""
         c = self.specs[name]
-        g = c.violations(values, b)  # (B, C)
         self.last_evals[name] = ConstraintEval(g.detach(), values.index, dict(values.paths))
         if c.reduction == "pointwise":
             if c.where.uses_batch:
@@ -399,8 +436,13 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 idx.reshape(-1, 1) * c.n_components
                 + torch.arange(c.n_components, device=idx.device)
             ).reshape(-1)
+            if self.sync is not None and name not in self.replicated:
+                g = self.sync.pointwise(g)
             return cooper.ConstraintState(violation=g.reshape(-1), constraint_features=ids)
-        primal, dual = reduce_violations(g, c.reduction)
+        if self.sync is not None:
+            primal, dual = reduce_violations(g, c.reduction, self.sync.reducer(name))
+        else:
+            primal, dual = reduce_violations(g, c.reduction)
         return cooper.ConstraintState(violation=primal, strict_violation=dual)
 
     def _violations_for(self, name: str) -> Callable[[torch.Tensor, bool], torch.Tensor]:
@@ -413,6 +455,20 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             )
 
         return violations
+
+    # -- data parallel -----------------------------------------------------------------------
+    def distribute(self, group: Any = None) -> RankSync:
+        """Evaluate on this rank's shard, with the values of the global batch.
+
+        After this, :meth:`compute_cmp_state` exchanges per-rank summaries (one all-gather),
+        reduces every constraint over all ranks' points, and splits points that every rank
+        draws alike (``InBox``, ``AtPoints``, counterexamples) as ``points[rank::W]``. The
+        caller averages parameter gradients and sums pointwise multiplier gradients over
+        ranks after the backward pass (:meth:`RankSync.reduce_gradients`); :func:`fit` does
+        all of this when ``torch.distributed`` is initialised.
+        """
+        self.sync = RankSync(group)
+        return self.sync
 
     # -- introspection ---------------------------------------------------------------------
     def multiplier_values(self) -> dict[str, torch.Tensor]:

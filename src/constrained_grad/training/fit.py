@@ -26,13 +26,16 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from constrained_grad.errors import CheckpointError, InputValidationError, NonFiniteError
 from constrained_grad.history import History
+from constrained_grad.parallel import distributed_ready
 from constrained_grad.problem import DerivativeProblem
+from constrained_grad.problem.sync import RankSync
 from constrained_grad.training import checkpoint
 from constrained_grad.training.dual import DualFactory, build_dual_optimizer, dual_step
 from constrained_grad.training.lagrangian import StepLagrangian
@@ -78,7 +81,11 @@ def _check_positive_int(value: Any, what: str, allow_none: bool = True) -> None:
 
 
 class Trainer:
-    """The pieces of :func:`fit`, reusable step by step (``trainer.step(batch)``)."""
+    """The pieces of :func:`fit`, reusable step by step (``trainer.step(batch)``).
+
+    ``backward(tensor)`` replaces ``tensor.backward()`` (e.g. a LightningModule's
+    ``manual_backward``, which applies the framework's precision scaling).
+    """
 
     def __init__(
         self,
@@ -90,6 +97,9 @@ class Trainer:
         update: str = "simultaneous",
         history: History | None = None,
         on_nonfinite: str = "raise",
+        backward: Callable[[torch.Tensor], Any] | None = None,
+        distributed: bool | None = None,
+        process_group: Any = None,
     ) -> None:
         if not isinstance(problem, DerivativeProblem):
             raise InputValidationError(
@@ -118,8 +128,14 @@ class Trainer:
             raise InputValidationError(
                 f"fit: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})."
             )
+        if backward is not None and not callable(backward):
+            raise InputValidationError(
+                f"fit: backward must be a function (tensor) -> None or None "
+                f"(got {type(backward).__name__}). Pass e.g. a LightningModule's manual_backward."
+            )
         self.problem = problem
         self.primal_optimizer = primal_optimizer
+        self._backward = backward if backward is not None else torch.Tensor.backward
         self.dual_optimizer, self.dual_names = build_dual_optimizer(
             problem, float(dual_lr), dual_optimizer
         )
@@ -150,7 +166,53 @@ class Trainer:
         for k, name in enumerate(self.names):
             fields = range(len(FIELDS)) if self._multipliers[name] is not None else range(3)
             self._finite_idx += [2 + k * len(FIELDS) + j for j in fields]
+        self._primal_params = [p for g in primal_optimizer.param_groups for p in g["params"]]
+        self._pointwise: list[tuple[str, torch.Tensor]] = []
+        self.sync = self._distribute(distributed, process_group)
         self._t0 = time.perf_counter()
+
+    # -- data parallel -----------------------------------------------------------------------
+    def _distribute(self, distributed: bool | None, group: Any) -> RankSync | None:
+        """Set up data-parallel steps; start every rank from rank 0's weights and multipliers."""
+        if distributed not in (None, True, False):
+            raise InputValidationError(
+                f"fit: distributed must be True, False or None (auto) (got {distributed!r})."
+            )
+        use = distributed_ready(group) if distributed is None else distributed
+        if not use:
+            self.problem.sync = None
+            return None
+        sync = self.problem.distribute(group)
+        model = self.problem.model
+        tensors = list(self._primal_params)
+        if isinstance(model, torch.nn.Module):
+            tensors += [*model.parameters(), *model.buffers()]
+        tensors += [m.weight for m in self._multipliers.values() if m is not None]
+        sync.broadcast(list({id(t): t for t in tensors}.values()))
+        state = self.problem.generator.get_state()
+        sync.broadcast([state])
+        self.problem.generator.set_state(state)
+        indexed = {n for n, c in self.problem.specs.items() if c.reduction == "pointwise"}
+        self._pointwise = [
+            (n, w) for n, w in zip(self.dual_names, self._dual_weights, strict=True) if n in indexed
+        ]
+        return sync
+
+    def _reduce_gradients(self, primal: bool) -> float | None:
+        """Average parameter gradients and sum pointwise multiplier gradients over ranks.
+
+        Returns the global sum of the pointwise primal terms (their local values differ).
+        """
+        assert self.sync is not None
+        replicated = self.problem.replicated
+        summed = [w for n, w in self._pointwise if n not in replicated]
+        averaged = [w for n, w in self._pointwise if n in replicated]
+        if primal:
+            averaged = self._primal_params + averaged
+        local = self._lagrangian.pointwise_value if primal else None
+        extra = [] if local is None else [float(local)]
+        totals = self.sync.reduce_gradients(averaged, summed, extra)
+        return totals[0] if totals else None
 
     def _zero_grad(self) -> None:
         self.primal_optimizer.zero_grad(set_to_none=True)
@@ -164,7 +226,9 @@ class Trainer:
         simultaneous = self.update == "simultaneous"
         primal, dual = self._lagrangian(state, dual=simultaneous and self._steps_dual)
         violations = {n: e.violations for n, e in self.problem.last_evals.items()}
-        flat = self._packer.pack(state.loss, primal, violations).tolist()
+        sync = self.sync
+        summaries = None if sync is None else {n: sync.summary(n) for n in self.names}
+        flat = self._packer.pack(state.loss, primal, violations, summaries).tolist()
         row, small = self._packer.unpack(flat)
         if not all(math.isfinite(row[i]) for i in self._finite_idx):
             self._nonfinite(row, epoch)  # raises unless on_nonfinite="skip"
@@ -174,7 +238,12 @@ class Trainer:
         if dual is not None:
             total = dual if total is None else total + dual
         if total is not None and total.requires_grad:
-            total.backward()
+            self._backward(total)
+        if sync is not None:
+            pointwise_total = self._reduce_gradients(primal=True)
+            local = self._lagrangian.pointwise_value
+            if pointwise_total is not None and local is not None:
+                row[1] += pointwise_total - float(local)  # the Lagrangian of the global batch
         self.primal_optimizer.step()
         if self._steps_dual and (simultaneous or self._alternating_dual(batch, epoch)):
             self._dual_step()
@@ -200,7 +269,9 @@ class Trainer:
         state = self.problem.compute_cmp_state(batch, create_graph=False, reuse_points=True)
         _, dual = self._lagrangian(state, primal=False, dual=True)
         if dual is not None:
-            dual.backward()
+            self._backward(dual)
+        if self.sync is not None:
+            self._reduce_gradients(primal=False)
         bad = [
             n
             for n, w in zip(self.dual_names, self._dual_weights, strict=True)
@@ -361,6 +432,8 @@ def fit(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = True,
+    distributed: bool | None = None,
+    process_group: Any = None,
 ) -> FitResult:
     r"""Train ``problem.model`` by primal-dual steps over ``loader``.
 
@@ -391,6 +464,13 @@ def fit(
             ``checkpoint_every`` steps, at the end, on interruption and before raising on a
             non-finite value. With ``resume=True`` an existing checkpoint there is loaded
             first and training continues exactly where it stopped.
+        distributed / process_group: data-parallel training over the ranks of
+            ``process_group`` (default group). ``None`` (default) turns it on when
+            ``torch.distributed`` is initialised with more than one process. Each rank
+            passes its own shard of the data (e.g. a ``DistributedSampler``, whose
+            ``set_epoch`` is called every epoch); every rank then takes the step of the
+            global batch, multipliers stay identical, and only rank 0 writes checkpoints
+            (resume with the same world size). See the "From one machine to many" guide.
 
     Returns:
         :class:`FitResult` with the history and the problem.
@@ -436,20 +516,40 @@ def fit(
         update=update,
         history=history,
         on_nonfinite=on_nonfinite,
+        distributed=distributed,
+        process_group=process_group,
     )
+    sync = trainer.sync
+    rank, world = (0, 1) if sync is None else (sync.rank, sync.world_size)
     ckpt_path = None
-    if checkpoint_dir is not None:
-        ckpt_path = checkpoint.prepare_dir(checkpoint_dir) / CHECKPOINT_NAME
-        checkpoint.remove_stale_temps(ckpt_path)  # left by writes killed before their rename
+    saved = None
+    if checkpoint_dir is not None:  # only rank 0 touches the folder
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
+        if rank == 0:
+            ckpt_path = checkpoint.prepare_dir(checkpoint_dir) / CHECKPOINT_NAME
+            checkpoint.remove_stale_temps(ckpt_path)  # left by writes killed before rename
+            if resume and ckpt_path.exists():
+                saved = checkpoint.load(ckpt_path)
+    if sync is not None and ckpt_path is not None:
+        saved = sync.broadcast_object(saved)  # no shared file system needed
     start_epoch, skip_batches, epoch_rng, resume_rng, loader_state = 0, 0, None, None, None
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        saved = checkpoint.load(ckpt_path)
+    if saved is not None:
+        assert ckpt_path is not None
         checkpoint.require_keys(saved, _FIT_KEYS, ckpt_path)
+        if saved.get("world_size", 1) != world:
+            raise CheckpointError(
+                f"load_checkpoint: {ckpt_path} was written by a run over "
+                f"{saved.get('world_size', 1)} processes but this run has {world}. Resume "
+                "with the same world size or start a new run directory."
+            )
         trainer.load_state_dict(saved, ckpt_path)
+        mine = saved["ranks"][rank] if saved.get("ranks") is not None else saved
         start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
-        epoch_rng, resume_rng = saved["epoch_rng"], saved["rng"]
-        loader_state = saved["loader_rng"]
+        epoch_rng, resume_rng = mine["epoch_rng"], mine["rng"]
+        loader_state = mine["loader_rng"]
     gen = checkpoint.loader_generator(loader)
+    samplers = [getattr(loader, a, None) for a in ("sampler", "batch_sampler")]
+    set_epochs = [f for f in (getattr(x, "set_epoch", None) for x in samplers) if callable(f)]
     total = steps if steps is not None else _epoch_len(loader, epochs)
     bar = _progress(total, progress, initial=trainer.step_count)
     stopped, feasible_run = "budget", 0
@@ -461,7 +561,9 @@ def fit(
         "epoch_rng": epoch_rng,
     }
 
-    def save(check: bool = False) -> None:
+    def save(check: bool = False, collective: bool = True) -> None:
+        """Write the checkpoint (rank 0). ``collective``: all ranks call this together, so
+        each rank's random state is gathered; otherwise only rank 0's is kept."""
         if ckpt_path is not None:
             bad = trainer.nonfinite_state()
             if bad:  # never replace the last good checkpoint by a broken state
@@ -472,12 +574,18 @@ def fit(
                         "Lower the learning rates or check the data for NaN/inf."
                     )
                 return
+            mine = {
+                "epoch_rng": position["epoch_rng"],
+                "rng": checkpoint.capture_rng(),
+                "loader_rng": None if gen is None else gen.get_state(),
+            }
+            ranks = None
+            if sync is not None and collective:
+                ranks = sync.gather_objects(mine)
+            if rank != 0:
+                return
             state = trainer.state_dict()
-            state.update(
-                position,
-                rng=checkpoint.capture_rng(),
-                loader_rng=None if gen is None else gen.get_state(),
-            )
+            state.update(position, **mine, world_size=world, ranks=ranks)
             checkpoint.atomic_save(state, ckpt_path)
 
     def budget_left() -> bool:
@@ -490,6 +598,8 @@ def fit(
             if epoch == start_epoch and skip_batches and position["epoch_rng"] is not None:
                 # resume mid-epoch: replay this epoch's order, skip what was already seen
                 _restore_epoch_rng(position["epoch_rng"], gen)
+                for set_epoch in set_epochs:  # DistributedSampler: this epoch's shuffle
+                    set_epoch(epoch)
                 iterator = iter(loader)
                 for _ in range(skip_batches):
                     next(iterator)
@@ -499,6 +609,8 @@ def fit(
                     checkpoint.restore_rng(resume_rng)
                     resume_rng = None
                 position["epoch_rng"] = _epoch_rng(gen)
+                for set_epoch in set_epochs:  # DistributedSampler: this epoch's shuffle
+                    set_epoch(epoch)
                 iterator = iter(loader)
             if resume_rng is not None:
                 checkpoint.restore_rng(resume_rng)
@@ -550,12 +662,14 @@ def fit(
                 continue
             break
     except KeyboardInterrupt:
-        save()
+        save(collective=False)  # the other ranks may be anywhere: no collective call
         raise
     finally:
         if bar is not None:
             bar.close()
     save(check=True)
+    if sync is not None and isinstance(problem.model, torch.nn.Module):
+        sync.broadcast(list(problem.model.buffers()))  # e.g. BatchNorm statistics: rank 0's
     if eval_fn is not None:
         trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
     return FitResult(

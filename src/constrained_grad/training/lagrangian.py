@@ -29,11 +29,17 @@ class StepLagrangian:
     def __init__(self, problem: DerivativeProblem) -> None:
         self.fast: list[tuple[cooper.Constraint, torch.nn.Parameter | None, bool]] = []
         self.generic: list[cooper.Constraint] = []
+        #: pointwise constraints, whose primal terms hold this rank's points only
+        self.pointwise: set[cooper.Constraint] = set()
+        #: the part of the last primal objective summed over this rank's points only
+        self.pointwise_value: torch.Tensor | None = None
         for _, cons in problem.named_constraints():
+            indexed = isinstance(cons.multiplier, cooper.multipliers.IndexedMultiplier)
+            if indexed:
+                self.pointwise.add(cons)
             if cons.formulation_type is cooper.formulations.Lagrangian:
                 weight = cons.multiplier.weight if cons.multiplier is not None else None
                 assert weight is None or isinstance(weight, torch.nn.Parameter)
-                indexed = isinstance(cons.multiplier, cooper.multipliers.IndexedMultiplier)
                 self.fast.append((cons, weight, indexed))
             else:
                 self.generic.append(cons)
@@ -49,6 +55,7 @@ class StepLagrangian:
         """
         observed = state.observed_constraints
         terms: list[torch.Tensor] = []
+        local: list[torch.Tensor] = []
         if primal and state.loss is not None:
             terms.append(state.loss)
         for cons, weight, indexed in self.fast:
@@ -60,27 +67,38 @@ class StepLagrangian:
             else:
                 lam = weight.detach()
             if primal and cs.contributes_to_primal_update:
-                terms.append(torch.dot(lam.reshape(-1), cs.violation.reshape(-1).to(lam.dtype)))
+                term = torch.dot(lam.reshape(-1), cs.violation.reshape(-1).to(lam.dtype))
+                terms.append(term)
+                if indexed:
+                    local.append(term.detach())
             if dual and cs.contributes_to_dual_update:
                 _set_dual_grad(weight, cs, indexed)
         dual_total = None
-        if self.generic:
+        for generic in (
+            [c for c in self.generic if c not in self.pointwise],
+            [c for c in self.generic if c in self.pointwise],
+        ):
+            if not any(c in observed for c in generic):
+                continue
             sub = cooper.CMPState(
-                observed_constraints={c: observed[c] for c in self.generic if c in observed}
+                observed_constraints={c: observed[c] for c in generic if c in observed}
             )
             if primal:
                 p = sub.compute_primal_lagrangian().lagrangian
-                if p is not None:
+                if isinstance(p, torch.Tensor):
                     terms.append(p)
+                    if generic[0] in self.pointwise:
+                        local.append(p.detach())
             if dual:
-                dual_total = sub.compute_dual_lagrangian().lagrangian
+                d = sub.compute_dual_lagrangian().lagrangian
+                if isinstance(d, torch.Tensor):
+                    dual_total = d if dual_total is None else dual_total + d
+        self.pointwise_value = torch.stack(local).sum() if local else None
         primal_total = None
         if terms:
             primal_total = terms[0]
             for t in terms[1:]:
                 primal_total = primal_total + t
-        if isinstance(dual_total, float):  # Cooper returns 0.0 when nothing contributes
-            dual_total = None
         return primal_total, dual_total
 
 

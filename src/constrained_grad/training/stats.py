@@ -60,8 +60,13 @@ class StepStats:
         loss: torch.Tensor | None,
         lagrangian: torch.Tensor | None,
         violations: dict[str, torch.Tensor],
+        summaries: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """One flat tensor; small violation matrices travel raw (summarised in Python)."""
+        """One flat tensor; small violation matrices travel raw (summarised in Python).
+
+        ``summaries`` (``[mean, max, fraction violated]`` per constraint, e.g. over every
+        rank's points) replace the summaries of the local ``violations``.
+        """
         ref = (
             next(iter(violations.values()))
             if violations
@@ -78,6 +83,10 @@ class StepStats:
         parts = [flat(loss), flat(lagrangian)]
         self._raw = []
         for name in self.names:
+            if summaries is not None:
+                self._raw.append(0)
+                parts.append(flat(summaries[name]))
+                continue
             g = flat(violations[name])
             if g.numel() <= RAW_VIOLATIONS:
                 self._raw.append(g.numel())
