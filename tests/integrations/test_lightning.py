@@ -491,7 +491,7 @@ def test_missing_build_problem() -> None:
         ({"dual_lr": float("nan")}, r"dual_lr must be a finite number >= 0 \(got nan\)"),
         ({"update": "async"}, r"update must be 'simultaneous' or 'alternating' \(got 'async'\)"),
         ({"on_nonfinite": "ignore"}, r"on_nonfinite must be 'raise' or 'skip'"),
-        ({"dual_optimizer": "rmsprop"}, r"dual_optimizer must be 'sgd', 'adam' or a factory"),
+        ({"dual_optimizer": "rmsprop"}, r"unknown dual_optimizer 'rmsprop'\. Use 'sgd', 'adam'"),
         ({"log_fields": ["violation_p99"]}, r"unknown log_fields \['violation_p99'\]"),
         ({"log_fields": "violation_max"}, r"log_fields must be a list of field names"),
         ({"log_prefix": ""}, r"log_prefix must be a non-empty string"),

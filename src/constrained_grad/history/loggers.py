@@ -37,7 +37,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from constrained_grad.errors import CheckpointError, InputValidationError
 from constrained_grad.history.record import _INDEX_COLUMNS, History, atomic_writer
@@ -94,6 +94,27 @@ class _StepTracker:
         return [j for j in range(i, len(steps)) if steps[j] % self.every == 0]
 
 
+_Logger = TypeVar("_Logger", bound="_ClosingContext")
+
+
+class _ClosingContext:
+    """``with logger:`` closes the logger on leaving the block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Logger) -> _Logger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------- TensorBoard
 _TB_SUFFIX = ".cg"  # names this logger's event files, so a resume can tell them apart
 
@@ -113,7 +134,7 @@ def _import_tensorboard(who: str) -> tuple[Any, Any, Any, Any]:
     return FileWriter, Summary, Event, SessionLog
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(_ClosingContext):
     """Write history rows as TensorBoard scalars (see the module doc for the tag names).
 
     Args:
@@ -285,17 +306,6 @@ class TensorBoardLogger:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> TensorBoardLogger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return (
             f"TensorBoardLogger(log_dir={os.fspath(self.log_dir)!r}, every={self.every}, "
@@ -339,7 +349,7 @@ def _relayout(cells: list[str], n_base: int, old: dict[str, int], new: dict[str,
     return out
 
 
-class CSVLogger:
+class CSVLogger(_ClosingContext):
     """Append history rows to a CSV file as training runs (columns as in ``History.save_csv``).
 
     Args:
@@ -508,17 +518,6 @@ class CSVLogger:
     def close(self) -> None:
         """Same as :meth:`flush`: the logger holds no open file between calls."""
         self.flush()
-
-    def __enter__(self) -> CSVLogger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"CSVLogger(path={os.fspath(self.path)!r}, every={self.every})"

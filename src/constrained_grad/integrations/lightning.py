@@ -42,6 +42,7 @@ from constrained_grad.history.record import STATS, history_columns
 from constrained_grad.problem import DerivativeProblem
 from constrained_grad.training import Trainer
 from constrained_grad.training.dual import DualFactory
+from constrained_grad.training.options import check_step_options
 
 __all__ = ["CHECKPOINT_KEY", "ConstrainedLightningModule"]
 
@@ -88,18 +89,6 @@ class _LightningStepOptimizer(torch.optim.Optimizer):
 
     def __repr__(self) -> str:
         return f"LightningStep({self._inner!r})"
-
-
-def _check_dual_lr(dual_lr: Any, who: str) -> None:
-    if (
-        isinstance(dual_lr, bool)
-        or not isinstance(dual_lr, (int, float))
-        or not math.isfinite(dual_lr)
-        or dual_lr < 0
-    ):
-        raise InputValidationError(
-            f"{who}: dual_lr must be a finite number >= 0 (got {dual_lr!r})."
-        )
 
 
 class ConstrainedLightningModule(pl.LightningModule):
@@ -151,20 +140,13 @@ class ConstrainedLightningModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         who = type(self).__name__
-        _check_dual_lr(dual_lr, who)
-        if not (callable(dual_optimizer) or dual_optimizer in ("sgd", "adam")):
-            raise InputValidationError(
-                f"{who}: dual_optimizer must be 'sgd', 'adam' or a factory "
-                f"(param_groups) -> optimizer (got {dual_optimizer!r})."
-            )
-        if update not in ("simultaneous", "alternating"):
-            raise InputValidationError(
-                f"{who}: update must be 'simultaneous' or 'alternating' (got {update!r})."
-            )
-        if on_nonfinite not in ("raise", "skip"):
-            raise InputValidationError(
-                f"{who}: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})."
-            )
+        check_step_options(
+            who,
+            dual_lr=dual_lr,
+            update=update,
+            on_nonfinite=on_nonfinite,
+            dual_optimizer=dual_optimizer,
+        )
         if not isinstance(log_prefix, str) or not log_prefix:
             raise InputValidationError(
                 f"{who}: log_prefix must be a non-empty string (got {log_prefix!r})."

@@ -39,6 +39,7 @@ from constrained_grad.problem.sync import RankSync
 from constrained_grad.training import checkpoint
 from constrained_grad.training.dual import DualFactory, build_dual_optimizer, dual_step
 from constrained_grad.training.lagrangian import StepLagrangian
+from constrained_grad.training.options import check_step_options
 from constrained_grad.training.stats import FIELDS, StepStats
 
 
@@ -111,23 +112,13 @@ class Trainer:
                 f"(got {type(primal_optimizer).__name__}). Build it on "
                 "model.parameters()."
             )
-        if (
-            isinstance(dual_lr, bool)
-            or not isinstance(dual_lr, (int, float))
-            or not math.isfinite(dual_lr)
-            or dual_lr < 0
-        ):
-            raise InputValidationError(
-                f"fit: dual_lr must be a finite number >= 0 (got {dual_lr!r})."
-            )
-        if update not in ("simultaneous", "alternating"):
-            raise InputValidationError(
-                f"fit: update must be 'simultaneous' or 'alternating' (got {update!r})."
-            )
-        if on_nonfinite not in ("raise", "skip"):
-            raise InputValidationError(
-                f"fit: on_nonfinite must be 'raise' or 'skip' (got {on_nonfinite!r})."
-            )
+        check_step_options(
+            "fit",
+            dual_lr=dual_lr,
+            update=update,
+            on_nonfinite=on_nonfinite,
+            dual_optimizer=dual_optimizer,
+        )
         if backward is not None and not callable(backward):
             raise InputValidationError(
                 f"fit: backward must be a function (tensor) -> None or None "
