@@ -12,7 +12,9 @@ interleaved blocks (median over blocks, the slower rank's figure):
 ``ours_local``  the same Trainer step with ``distributed=False`` on the shard: what the
                 constraint step costs without any communication.
 
-Also reported: the time inside the two collectives per step, and (in the parent process,
+Also reported: the time spent in the two sync phases per step (``exchange``,
+``reduce_gradients``) and, within them, inside the collective calls themselves (waiting for
+the other rank included), and (in the parent process,
 1 thread) the single-process ``cg.Trainer`` step on the global batch.
 
 Run: ``python benchmarks/distributed.py [--quick] [--json PATH]``.
@@ -123,6 +125,27 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: An
                 comm[_m] += time.perf_counter() - t0
 
         setattr(sync, method, timed)
+    # time inside the collectives themselves (waiting for the other rank included)
+    from constrained_grad.problem import sync as sync_module
+
+    wire = [0.0]
+
+    class TimedDist:
+        def __getattr__(self, name: str) -> Any:
+            f = getattr(dist, name)
+            if name not in ("all_gather", "all_reduce"):
+                return f
+
+            def timed(*a: Any, **k: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return f(*a, **k)
+                finally:
+                    wire[0] += time.perf_counter() - t0
+
+            return timed
+
+    sync_module.dist = TimedDist()  # type: ignore[assignment]
 
     batch = (x, y)
     steps = {
@@ -132,12 +155,14 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: An
     }
     timed_blocks(steps, 1, args.warmup)
     comm.update(exchange=0.0, reduce_gradients=0.0)
+    wire[0] = 0.0
     times = timed_blocks(steps, args.rounds, args.steps)
     n_ours = args.rounds * args.steps
     result = {k: statistics.median(v) for k, v in times.items()}
     for method, seconds in comm.items():
         result[f"{method}_ms_per_step"] = seconds / n_ours * 1e3
     result["comm_ms_per_step"] = sum(comm.values()) / n_ours * 1e3
+    result["in_collectives_ms_per_step"] = wire[0] / n_ours * 1e3
     queue.put((rank, result))
     dist.destroy_process_group()
 

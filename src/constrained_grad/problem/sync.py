@@ -34,9 +34,6 @@ import torch.distributed as dist
 from constrained_grad.errors import InputValidationError
 from constrained_grad.parallel import distributed_ready, rank_and_world
 
-#: per-point quantities averaged over points, by the label reduce_violations uses
-_MEAN_LABELS = ("mean", "hinge_mean", "hinge_sq_mean")
-_STAT_ORDER = ("mean", "hinge_mean", "hinge_sq_mean", "max", "fraction")
 #: on gloo, sums of up to this many gathered elements use all_gather + a local sum
 _GATHER_SUM_LIMIT = 1 << 22
 
@@ -60,6 +57,7 @@ class RankSync:
         self.rank, self.world_size = rank_and_world(group)
         self._global: dict[str, dict[str, torch.Tensor]] = {}
         self._scale: dict[str, dict[str, torch.Tensor]] = {}
+        self._summary: dict[str, torch.Tensor] = {}
         self._loss: torch.Tensor | None = None
         self._gather_sums = dist.get_backend(group) == "gloo"
 
@@ -69,50 +67,51 @@ class RankSync:
         ref = next(iter(violations.values())) if violations else loss
         device = ref.device if ref is not None else torch.device("cpu")
         f64 = torch.float64
-
-        def number(value: float) -> torch.Tensor:
-            return torch.full((1,), value, dtype=f64, device=device)
-
-        parts = [number(float("nan")) if loss is None else loss.detach().reshape(1).to(f64)]
-        sizes: list[tuple[str, int]] = []
-        for name, g in violations.items():
-            g = g.detach().to(f64)
-            hinge = torch.relu(g)
-            parts += [
-                number(float(g.shape[0])),
-                g.mean(0),
-                hinge.mean(0),
-                hinge.pow(2).mean(0),
-                g.amax(0),
-                (g > 0).to(f64).mean(0),
-            ]
-            sizes.append((name, g.shape[1]))
+        head = torch.full((1 + len(violations),), float("nan"), dtype=f64, device=device)
+        if loss is not None:
+            head[0] = loss.detach().reshape(())
+        parts = [head]
+        sizes: list[tuple[str, int, torch.dtype]] = []
+        for k, (name, g) in enumerate(violations.items()):
+            head[1 + k] = g.shape[0]
+            g64 = g.detach().to(f64)
+            hinge = torch.relu(g64)
+            # rows: mean g, mean [g]+, mean [g]+^2, max g, fraction g > 0 -> (5, C)
+            parts.append(
+                torch.cat(
+                    [
+                        torch.stack([g64, hinge, hinge * hinge]).mean(1),
+                        g64.amax(0, keepdim=True),
+                        (g64 > 0).to(f64).mean(0, keepdim=True),
+                    ]
+                ).reshape(-1)
+            )
+            sizes.append((name, g.shape[1], g.dtype))
         local = torch.cat(parts)
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local, group=self.group)
         table = torch.stack(gathered)  # (W, K)
         self._loss = table[:, 0].mean()
-        pos = 1
-        self._global, self._scale = {}, {}
-        for name, c in sizes:
-            counts = table[:, pos]
-            pos += 1
-            stats = {}
-            for label in _STAT_ORDER:
-                stats[label] = table[:, pos : pos + c]  # (W, C)
-                pos += c
-            weights = (counts / counts.sum()).unsqueeze(1)  # n_r / N
-            glob = {label: (weights * stats[label]).sum(0) for label in _MEAN_LABELS}
-            glob["fraction"] = (weights * stats["fraction"]).sum(0)
-            glob["max"] = stats["max"].amax(0)
-            holder = (stats["max"] == glob["max"]).to(torch.int8).argmax(0)  # first rank holding it
-            w = float(self.world_size)
-            mean_scale = w * weights[self.rank]
-            self._global[name] = glob
+        counts = table[:, 1 : 1 + len(sizes)]  # (W, constraints)
+        weights = counts / counts.sum(0)  # n_r / N
+        pos = 1 + len(sizes)
+        world = float(self.world_size)
+        self._global, self._scale, self._summary = {}, {}, {}
+        for k, (name, c, dtype) in enumerate(sizes):
+            stats = table[:, pos : pos + 5 * c].reshape(self.world_size, 5, c)
+            pos += 5 * c
+            w = weights[:, k].reshape(-1, 1, 1)
+            means = (w * stats[:, [0, 1, 2, 4]]).sum(0)  # (4, C): mean, hinge, hinge^2, fraction
+            peak = stats[:, 3].amax(0)
+            holder = (stats[:, 3] == peak).to(torch.int8).argmax(0)  # first rank holding it
+            glob = {"mean": means[0], "hinge_mean": means[1], "hinge_sq_mean": means[2]}
+            glob["max"] = peak
+            self._global[name] = {label: v.to(dtype) for label, v in glob.items()}
             self._scale[name] = {
-                "mean": mean_scale.expand(c),
-                "max": w * (holder == self.rank).to(torch.float64),
+                "mean": (world * weights[self.rank, k]).to(dtype).expand(c),
+                "max": (world * (holder == self.rank)).to(dtype),
             }
+            self._summary[name] = torch.stack([means[0].mean(), peak.max(), means[3].mean()])
 
     # -- values of the global batch -------------------------------------------------------------
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
@@ -129,10 +128,13 @@ class RankSync:
         glob, scale = self._global[name], self._scale[name]
 
         def reduce(h: torch.Tensor, label: str) -> torch.Tensor:
-            local = h.amax(0) if label == "max" else h.mean(0)
-            s = scale["max" if label == "max" else "mean"].to(local.dtype)
-            value = glob[label].to(local.dtype)
-            return value + s * (local - local.detach())
+            if label == "max":
+                local, s = h.amax(0), scale["max"]
+            else:
+                local, s = h.mean(0), scale["mean"]
+            if not local.requires_grad:
+                return glob[label]
+            return glob[label] + s * (local - local.detach())
 
         return reduce
 
@@ -142,8 +144,7 @@ class RankSync:
 
     def summary(self, name: str) -> torch.Tensor:
         """``[mean, max, fraction violated]`` of constraint ``name`` over the global batch."""
-        glob = self._global[name]
-        return torch.stack([glob["mean"].mean(), glob["max"].max(), glob["fraction"].mean()])
+        return self._summary[name]
 
     # -- gradients and state ----------------------------------------------------------------------
     def reduce_gradients(
