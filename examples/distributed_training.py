@@ -142,7 +142,7 @@ def main(
     problem = make_problem(seed, device)
     loader = make_loader(make_data(seed), batch_size, seed, rank, world)
     out = Path(out_dir) if out_dir is not None else None
-    result = train(problem, loader, steps, out, record, progress=rank == 0)
+    result = train(problem, loader, steps, out, record)
     if out is not None:  # only rank 0 writes; on the other ranks these return at once
         result.history.save_json(out / "history.json")
         cg.plot_history(result.history, path=out / "history.png")

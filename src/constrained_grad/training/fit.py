@@ -445,7 +445,8 @@ def fit(
             ``eval_every`` steps and at the end.
         stop_tolerance / patience: stop once every constraint's worst violation on the
             batch is ``<= stop_tolerance`` for ``patience`` consecutive steps.
-        progress: show a progress bar with the loss and the worst violation.
+        progress: show a progress bar with the loss and the worst violation (on rank 0 only
+            when data-parallel).
         device: move the model and multipliers there first (batches follow).
         on_nonfinite: ``"raise"`` (default) a :class:`~constrained_grad.errors.NonFiniteError`
             naming the quantity and step (after checkpointing the last good state), or
@@ -542,7 +543,7 @@ def fit(
     samplers = [getattr(loader, a, None) for a in ("sampler", "batch_sampler")]
     set_epochs = [f for f in (getattr(x, "set_epoch", None) for x in samplers) if callable(f)]
     total = steps if steps is not None else _epoch_len(loader, epochs)
-    bar = _progress(total, progress, initial=trainer.step_count)
+    bar = _progress(total, progress and rank == 0, initial=trainer.step_count)  # one bar per run
     stopped, feasible_run = "budget", 0
     n = len(FIELDS)
     idx_max = [2 + k * n + 1 for k in range(len(trainer.names))]
