@@ -84,15 +84,18 @@ def make_loader(
 
 
 def setup() -> tuple[int, int, torch.device]:
-    """Join the process group when launched by torchrun; ``(rank, world, device)``."""
+    """Join the process group when launched by torchrun; ``(rank, world, device)``.
+
+    NCCL (one GPU per rank) when CUDA is available, gloo on CPUs otherwise; a group that is
+    already initialised is used as it is.
+    """
     if "RANK" not in os.environ:
         return 0, 1, torch.device("cpu")
-    cuda = torch.cuda.is_available()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
-    if cuda:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         torch.cuda.set_device(device)
     return dist.get_rank(), dist.get_world_size(), device
 

@@ -8,6 +8,7 @@ outputs go to ``<outputs>/rank<r>``: only rank 0 may create its folder.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def run() -> None:
     )
     torch.set_num_threads(1)
     example = load_example()
-    dist.init_process_group("gloo")
+    dist.init_process_group(os.environ.get("CG_DDP_BACKEND", "gloo"))
     rank = dist.get_rank()
     record: list = []
     finals = {}

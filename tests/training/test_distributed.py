@@ -70,11 +70,10 @@ class GlobalBatches:
         return -(-len(self.samplers[0]) // self.batch)
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
-    base = tmp_path_factory.mktemp("ddp")
+def launch(base: Path, backend: str) -> tuple[list[dict], Path]:
+    """torchrun the worker on 2 processes; every rank's records and the outputs folder."""
     records, outputs = base / "records", base / "outputs"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", CG_DDP_BACKEND=backend)
     cmd = [
         sys.executable,
         "-m",
@@ -93,7 +92,15 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [torch.load(records / f"rank{r}.pt", weights_only=False) for r in range(2)], outputs
+    return [
+        torch.load(records / f"rank{r}.pt", weights_only=False, map_location="cpu")
+        for r in range(2)
+    ], outputs
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
+    return launch(tmp_path_factory.mktemp("ddp"), "gloo")
 
 
 def test_multipliers_identical_on_both_ranks_after_every_step(ranks) -> None:
@@ -191,3 +198,22 @@ def test_distributed_true_without_a_process_group_is_a_clear_error() -> None:
         cg.Trainer(problem, opt, distributed=True)
     with pytest.raises(InputValidationError, match="distributed must be"):
         cg.Trainer(problem, opt, distributed="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (NCCL)")
+def test_nccl_on_two_gpus_matches_the_cpu_single_process_run(tmp_path: Path) -> None:
+    """The same run on 2 GPUs with NCCL: identical multipliers on both ranks, and the
+    single-process CPU run over the same global batches to float64 rounding."""
+    (r0, r1), _ = launch(tmp_path, "nccl")
+    for m0, m1 in zip(r0["record"], r1["record"], strict=True):
+        for name in m0:
+            assert torch.equal(m0[name], m1[name]), name
+    example = load_example()
+    data = example.make_data(0)
+    problem = example.make_problem(0, torch.device("cpu"))
+    loader = DataLoader(data, batch_sampler=GlobalBatches(len(data), 2, PER_RANK_BATCH, 0))
+    record: list[dict[str, torch.Tensor]] = []
+    example.train(problem, loader, STEPS, record=record, progress=False)
+    for single, ddp in zip(record, r0["record"], strict=True):
+        for name in single:
+            torch.testing.assert_close(single[name], ddp[name].cpu(), rtol=1e-7, atol=1e-9)
