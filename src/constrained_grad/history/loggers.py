@@ -94,11 +94,40 @@ class _StepTracker:
         return [j for j in range(i, len(steps)) if steps[j] % self.every == 0]
 
 
-_Logger = TypeVar("_Logger", bound="_ClosingContext")
+_Logger = TypeVar("_Logger", bound="_HistoryLogger")
 
 
-class _ClosingContext:
-    """``with logger:`` closes the logger on leaving the block."""
+class _HistoryLogger:
+    """What both loggers share: the call on each step, the resume rule, ``with`` blocks.
+
+    Subclasses set ``self._track`` and implement ``_start`` (a new or restarted history),
+    ``_resume_writing`` (a call after ``close()``), ``_write`` (the new rows) and ``close``.
+    """
+
+    _track: _StepTracker
+
+    def __call__(self, info: Any) -> None:
+        """Write the new rows of ``info.history`` (or of a History) on the main process."""
+        h = _history_of(info, type(self).__name__)
+        if not is_main_process() or not h._steps:
+            return None
+        if self._track.restarted(h):
+            self._start(h)
+            rows = self._track.new_rows(h, after=h._steps[0] - 1)  # the whole history
+        else:
+            self._resume_writing()
+            rows = self._track.new_rows(h, after=None)
+        self._write(h, rows)
+        return None
+
+    def _start(self, h: History) -> None:
+        raise NotImplementedError
+
+    def _resume_writing(self) -> None:
+        """Called before appending to a history already being logged."""
+
+    def _write(self, h: History, rows: list[int]) -> None:
+        raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
@@ -134,7 +163,7 @@ def _import_tensorboard(who: str) -> tuple[Any, Any, Any, Any]:
     return FileWriter, Summary, Event, SessionLog
 
 
-class TensorBoardLogger(_ClosingContext):
+class TensorBoardLogger(_HistoryLogger):
     """Write history rows as TensorBoard scalars (see the module doc for the tag names).
 
     Args:
@@ -204,24 +233,15 @@ class TensorBoardLogger(_ClosingContext):
         self._n_evals = 0  # evaluations of the tracked history already written
 
     # ------------------------------------------------------------------ writing
-    def __call__(self, info: Any) -> None:
-        """Write the new rows and evaluations of ``info.history`` (or of a History)."""
-        h = _history_of(info, "TensorBoardLogger")
-        if not is_main_process():
-            return None
-        if not h._steps:
-            return None
-        if self._track.restarted(h):
-            self._start(h)
-            rows = self._track.new_rows(h, after=h._steps[0] - 1)  # the whole history
-        else:
-            if self._writer is None:  # closed, then called again: a new file, no purge
-                self._open()
-            rows = self._track.new_rows(h, after=None)
+    def _resume_writing(self) -> None:
+        if self._writer is None:  # closed, then called again: a new file, no purge
+            self._open()
+
+    def _write(self, h: History, rows: list[int]) -> None:
+        """The new rows, then the evaluations not yet written."""
         for i in rows:
             self._write_row(h, i)
         self._write_evals(h)
-        return None
 
     def _start(self, h: History) -> None:
         """Open a new event file; after an earlier run of this logger, purge from the start.
@@ -349,7 +369,7 @@ def _relayout(cells: list[str], n_base: int, old: dict[str, int], new: dict[str,
     return out
 
 
-class CSVLogger(_ClosingContext):
+class CSVLogger(_HistoryLogger):
     """Append history rows to a CSV file as training runs (columns as in ``History.save_csv``).
 
     Args:
@@ -386,20 +406,6 @@ class CSVLogger(_ClosingContext):
         self._widths: dict[str, int] = {}
 
     # ------------------------------------------------------------------ writing
-    def __call__(self, info: Any) -> None:
-        """Append the new rows of ``info.history`` (or of a History)."""
-        h = _history_of(info, "CSVLogger")
-        if not is_main_process():
-            return None
-        if not h._steps:
-            return None
-        if self._track.restarted(h):
-            self._start(h)
-            rows = self._track.new_rows(h, after=h._steps[0] - 1)  # the whole history
-        else:
-            rows = self._track.new_rows(h, after=None)
-        self._write_rows(h, rows)
-        return None
 
     def _read(self, names: Sequence[str]) -> tuple[dict[str, int], list[list[str]], bool]:
         """Widths, rows and whether the file needs rewriting (half-written last line)."""
@@ -483,7 +489,7 @@ class CSVLogger(_ClosingContext):
             w.writerow(_csv_header(self._columns, self._widths))
             w.writerows(rows)
 
-    def _write_rows(self, h: History, rows: list[int]) -> None:
+    def _write(self, h: History, rows: list[int]) -> None:
         if not rows:
             return
         grown = self._grown(self._widths, list(h._names), [h._mults[i] for i in rows])
