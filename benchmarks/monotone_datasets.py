@@ -8,29 +8,41 @@ increasing in the four count features; accuracy).
 Protocols:
 
 ``clean``  ``--seeds`` seeded 80/20 splits of all rows; 20% of the train part is held out for
-           validation; the checkpoint (epoch) is chosen on validation only; mean ± std of the
-           test metric over seeds.
+           validation; epochs AND hyper-parameters are chosen on validation only (the test
+           rows are scored once, for the selected model); mean ± std of the test metric.
 ``comet``  the fixed COMET train/test files (Auto-MPG, Heart); validation carved (20%, seeded)
            from the train file; mean ± std over seeds of the carve and of the initialisation.
 
+Model selection (validation only): for every seed and method, each point of the grid spanned
+by the list-valued options (``--hidden``, ``--lr``, ``--weight-decay``, ``--margin``,
+``--dual-lr``, ``--lipschitz``; ``--tune`` fills the ones not given from ``TUNE_GRID``) is
+trained; its checkpoint is the epoch with the best validation score among the eligible ones;
+the grid point with the best such score wins (eligible first; classification ties on accuracy
+are broken by the validation log-loss).
+
 Methods:
 
-``unconstrained``  MLP d→64→64→1, ReLU.
+``unconstrained``  ReLU MLP d→``--hidden``→1 (default one hidden layer of 32).
 ``constrained``    the same MLP trained with :class:`constrained_grad.Monotonic` on every batch
                    (mean hinge), at ``--box-points`` uniform points of the data box and at
-                   counterexamples found by adversarial search during training
-                   (:class:`constrained_grad.Counterexamples`, pointwise multipliers), margin
-                   ``--margin`` off the batch, Lagrangian formulation. Checkpoints are
+                   counterexamples (:class:`constrained_grad.Counterexamples`, pointwise
+                   multipliers, margin ``--margin``), Lagrangian formulation. Every
+                   ``--milp-every`` epochs the exact MILP of :func:`constrained_grad.verify` is
+                   run and its counterexamples are put into the same buffer. Checkpoints are
                    eligible from half of the epochs on and only if no violation shows at the
-                   validation points, the buffered counterexamples or in a short box search.
-``lmn``            Lipschitz monotonic network (``monotonicnetworks`` package, GroupSort, 64-64),
-                   monotone by construction; skipped with a message if the package is missing.
+                   validation points or the buffered counterexamples and the MILP certifies
+                   monotonicity on the box (``--eligible certify``; ``search``: a short
+                   sampling + adversarial search instead).
+``lmn``            Lipschitz monotonic network (``monotonicnetworks`` package, GroupSort,
+                   ``--lmn-hidden``, default 64-64), monotone by construction; skipped with a
+                   message if the package is missing.
 
 Every trained ReLU model is verified with :func:`constrained_grad.verify` over the box spanned
-by the standardised data (all features free in their data range), ``certify="auto"`` (exact
-MILP, a per-MILP ``--time-limit``). ``max_violation`` is the largest derivative of the wrong
-sign found (standardised units, mpg or logit per standard deviation), ``certified`` is True
-(MILP proof), False (a violation was confirmed) or None (no proof within the time limit).
+by the standardised feature values of all rows (unlabelled feature ranges only), first by
+sampling + adversarial search, then by the exact MILP (``--time-limit`` seconds per MILP).
+``max_violation`` is the largest derivative of the wrong sign found (standardised units, mpg or
+logit per standard deviation; ≤ 0 means none), ``certified`` is True (MILP proof), False (a
+violation was confirmed) or None (no proof within the time limit); the MILP seconds are kept.
 
 Run: ``python benchmarks/monotone_datasets.py --dataset auto-mpg --quick --json out.json``.
 """
@@ -40,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import itertools
 import json
 import statistics
 import sys
@@ -219,14 +232,18 @@ def make_split(train: Table, test: Table | None, seed: int) -> Split:
     )
 
 
-def mlp(d: int, width: int = 64) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(d, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
-    )
+def mlp(d: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    """ReLU MLP ``d → hidden[0] → … → 1``."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(d, width), nn.ReLU()]
+        d = width
+    layers.append(nn.Linear(d, 1))
+    return nn.Sequential(*layers)
 
 
 def lmn_model(
-    d: int, monotone: list[int], direction: str, lipschitz: float, width: int = 64
+    d: int, monotone: list[int], direction: str, lipschitz: float, hidden: tuple[int, ...]
 ) -> nn.Module | None:
     """Lipschitz monotonic network (Kitouni et al.), or None if the package is missing."""
     try:
@@ -235,14 +252,55 @@ def lmn_model(
         return None
     sign = 1.0 if direction == "increasing" else -1.0
     flags = [sign if j in monotone else 0.0 for j in range(d)]
-    body = nn.Sequential(
-        lmn.LipschitzLinear(d, width, kind="one-inf", lipschitz_const=lipschitz),
-        lmn.GroupSort(width // 2),
-        lmn.LipschitzLinear(width, width, kind="inf"),
-        lmn.GroupSort(width // 2),
-        lmn.LipschitzLinear(width, 1, kind="inf"),
-    )
+    layers: list[nn.Module] = []
+    for k, width in enumerate(hidden):
+        kind = "one-inf" if k == 0 else "inf"
+        kw = {"lipschitz_const": lipschitz} if k == 0 else {}
+        layers += [lmn.LipschitzLinear(d, width, kind=kind, **kw), lmn.GroupSort(width // 2)]
+        d = width
+    layers.append(lmn.LipschitzLinear(d, 1, kind="inf"))
+    body = nn.Sequential(*layers)
     return lmn.MonotonicWrapper(body, lipschitz_const=lipschitz, monotonic_constraints=flags)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One point of the hyper-parameter grid."""
+
+    hidden: tuple[int, ...]
+    lr: float
+    weight_decay: float
+    margin: float = 0.0  # constrained only
+    dual_lr: float = 0.0  # constrained only
+    lipschitz: float = 0.0  # lmn only
+
+    def label(self) -> str:
+        parts = [
+            f"hidden={'-'.join(map(str, self.hidden))}",
+            f"lr={self.lr:g}",
+            f"wd={self.weight_decay:g}",
+        ]
+        if self.dual_lr:
+            parts += [f"margin={self.margin:g}", f"dual_lr={self.dual_lr:g}"]
+        if self.lipschitz:
+            parts.append(f"lipschitz={self.lipschitz:g}")
+        return " ".join(parts)
+
+
+def grid(method: str, cfg: argparse.Namespace) -> list[Config]:
+    """The Cartesian product of the list-valued options that matter to ``method``."""
+    common = list(itertools.product(cfg.lr, cfg.weight_decay))
+    if method == "unconstrained":
+        return [Config(h, lr, wd) for h in cfg.hidden for lr, wd in common]
+    if method == "constrained":
+        return [
+            Config(h, lr, wd, m, dl)
+            for h in cfg.hidden
+            for lr, wd in common
+            for m in cfg.margin
+            for dl in cfg.dual_lr
+        ]
+    return [Config(cfg.lmn_hidden, lr, wd, lipschitz=c) for lr, wd in common for c in cfg.lipschitz]
 
 
 def loss_fn(task: str) -> Any:
@@ -250,7 +308,7 @@ def loss_fn(task: str) -> Any:
 
 
 def metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, y_scale: float) -> float:
-    """Test MSE in target units² (regression) or accuracy (classification)."""
+    """MSE in target units² (regression) or accuracy (classification)."""
     model.eval()
     with torch.no_grad():
         out = model(x)
@@ -260,8 +318,21 @@ def metric(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, y_scal
     return float(((out > 0).float() == y).float().mean())
 
 
+def val_score(model: nn.Module, split: Split, task: str) -> tuple[float, float]:
+    """Validation score, higher is better: (−MSE, 0) for regression; (accuracy, −log-loss)
+    for classification (the log-loss breaks the frequent accuracy ties of small sets)."""
+    acc = metric(model, split.x_val, split.y_val, task, split.y_scale)
+    if task == "regression":
+        return (-acc, 0.0)
+    model.eval()
+    with torch.no_grad():
+        bce = float(F.binary_cross_entropy_with_logits(model(split.x_val), split.y_val))
+    model.train()
+    return (acc, -bce)
+
+
 def val_violations(model: nn.Module, x: torch.Tensor, monotone: list[int], direction: str) -> int:
-    """Validation points where some monotone derivative has the wrong sign."""
+    """Points of ``x`` where some monotone derivative has the wrong sign."""
     model.eval()
     cols = cg.jacobian_columns(model, x, monotone, create_graph=False)[:, 0, :]
     model.train()
@@ -269,34 +340,101 @@ def val_violations(model: nn.Module, x: torch.Tensor, monotone: list[int], direc
     return int(wrong.any(dim=1).sum())
 
 
-def looks_monotone(model: nn.Module, table: Table, split: Split, source: Any, seed: int) -> bool:
-    """Checkpoint eligibility from training-side information only: no violation at the
-    validation points, at the buffered counterexamples, nor found by a short search."""
+def eligible(
+    model: nn.Module, table: Table, split: Split, source: Any, seed: int, cfg: argparse.Namespace
+) -> bool:
+    """Checkpoint eligibility from training-side information only (never the test rows): no
+    violation at the validation points or the buffered counterexamples, then either an exact
+    MILP certificate over the box (``--eligible certify``, cheap for one hidden layer) or no
+    violation found by a short sampling + adversarial search (``--eligible search``)."""
     pts = torch.cat([split.x_val, source.buffer[: source.filled].float()])
     if val_violations(model, pts, table.monotone, table.direction) > 0:
         return False
     con = cg.Monotonic(table.monotone, table.direction, name="monotone")
+    if cfg.eligible == "certify":
+        rep = cg.verify(
+            model,
+            [con],
+            split.box,
+            samples=0,
+            adversarial=False,
+            certify="auto",
+            time_limit=cfg.select_time_limit,
+            seed=seed,
+        )
+        ok = rep["monotone"].status == "certified"
+        feed(source, [ce.x for ce in rep["monotone"].counterexamples])
+    else:
+        rep = cg.verify(
+            model,
+            [con],
+            split.box,
+            samples=4096,
+            starts=64,
+            steps=50,
+            certify=False,
+            seed=seed + 1000,
+        )
+        ok = rep["monotone"].status == "no violation found"
+    model.train()
+    return ok
+
+
+def feed(source: Any, points: list[list[float]]) -> None:
+    """Put exact (MILP) counterexamples into the training buffer of ``source``, so that the
+    pointwise constraint fixes them; when full, they overwrite the oldest-filled slots."""
+    for x in points:
+        slot = source.filled if source.filled < source.capacity else source.found % source.capacity
+        source.buffer[slot] = torch.tensor(x, dtype=torch.float64)
+        source.filled = min(source.filled + 1, source.capacity)
+        source.found += 1
+
+
+def milp_feedback(
+    model: nn.Module, table: Table, split: Split, source: Any, cfg: argparse.Namespace
+) -> None:
+    """Exact counterexample search during training (``--milp-every``): MILP over the box,
+    counterexamples go to the buffer (see :func:`feed`)."""
+    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
     rep = cg.verify(
-        model, [con], split.box, samples=4096, starts=64, steps=50, certify=False, seed=seed + 1000
+        model,
+        [con],
+        split.box,
+        samples=0,
+        adversarial=False,
+        certify="auto",
+        time_limit=cfg.select_time_limit,
     )
     model.train()
-    return rep["monotone"].status == "no violation found"
+    feed(source, [ce.x for ce in rep["monotone"].counterexamples])
+
+
+@dataclass
+class Trained:
+    """A checkpoint chosen on validation for one grid point."""
+
+    model: nn.Module
+    score: tuple[float, float]  # validation score (higher is better)
+    eligible: bool  # False: no checkpoint passed the eligibility test (last state kept)
+    seconds: float
 
 
 def train(
-    method: str, table: Table, split: Split, seed: int, cfg: argparse.Namespace
-) -> nn.Module | None:
-    """Train one model; return the checkpoint chosen on validation (None: LMN missing)."""
+    method: str, table: Table, split: Split, seed: int, conf: Config, cfg: argparse.Namespace
+) -> Trained | None:
+    """Train one model; keep the checkpoint with the best validation score among the eligible
+    ones (constrained: from half of the epochs on, see :func:`eligible`). None: LMN missing."""
+    t0 = time.perf_counter()
     torch.manual_seed(seed)
     d = split.x_train.shape[1]
     task = table.task
-    better = (lambda a, b: a < b) if task == "regression" else (lambda a, b: a > b)
+    model: nn.Module | None
     if method == "lmn":
-        model = lmn_model(d, table.monotone, table.direction, cfg.lipschitz)
+        model = lmn_model(d, table.monotone, table.direction, conf.lipschitz, conf.hidden)
         if model is None:
             return None
     else:
-        model = mlp(d)
+        model = mlp(d, conf.hidden)
     constraints: list[cg.Monotonic] = []
     source = None
     if method == "constrained":
@@ -313,7 +451,7 @@ def train(
             cg.Monotonic(
                 table.monotone,
                 table.direction,
-                margin=cfg.margin,
+                margin=conf.margin,
                 where=source,
                 reduction="pointwise",
                 name="counterexamples",
@@ -324,17 +462,18 @@ def train(
                 cg.Monotonic(
                     table.monotone,
                     table.direction,
-                    margin=cfg.margin,
+                    margin=conf.margin,
                     where=cg.InBox(split.box, n=cfg.box_points),
                     name="in_box",
                 )
             )
     problem = cg.DerivativeProblem(model, loss_fn(task), constraints, seed=seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    trainer = cg.Trainer(problem, opt, dual_lr=cfg.dual_lr) if constraints else None
+    opt = torch.optim.Adam(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
+    trainer = cg.Trainer(problem, opt, dual_lr=conf.dual_lr) if constraints else None
     gen = torch.Generator().manual_seed(seed)
     n = split.x_train.shape[0]
-    best, best_state = None, copy.deepcopy(model.state_dict())
+    best: tuple[float, float] | None = None
+    best_state = copy.deepcopy(model.state_dict())
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.batch_size):
@@ -346,24 +485,27 @@ def train(
                 opt.zero_grad()
                 loss_fn(task)(model(batch[0]), batch[1]).backward()
                 opt.step()
+        if method == "constrained" and cfg.milp_every and (epoch + 1) % cfg.milp_every == 0:
+            milp_feedback(model, table, split, source, cfg)
         if method == "constrained" and epoch < cfg.epochs // 2:
             continue
-        score = metric(model, split.x_val, split.y_val, task, split.y_scale)
-        if best is not None and not better(score, best):
+        score = val_score(model, split, task)
+        if best is not None and score <= best:
             continue
-        if method == "constrained" and not looks_monotone(model, table, split, source, seed):
+        if method == "constrained" and not eligible(model, table, split, source, seed, cfg):
             continue
         best, best_state = score, copy.deepcopy(model.state_dict())
     if best is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return model
+    final = best if best is not None else val_score(model, split, task)
+    return Trained(model, final, best is not None, time.perf_counter() - t0)
 
 
 def check(
     model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace, seed: int
-) -> tuple[float | None, bool | None]:
-    """Verify monotonicity over the data box: (max violation, certified)."""
+) -> tuple[float | None, bool | None, float]:
+    """Verify monotonicity over the data box: (max violation, certified, MILP seconds)."""
     con = cg.Monotonic(table.monotone, table.direction, name="monotone")
     found = cg.verify(
         model,
@@ -377,7 +519,7 @@ def check(
     )
     r = found["monotone"]
     if r.status == "violated":  # confirmed by autograd; no MILP needed
-        return r.max_violation, False
+        return r.max_violation, False, 0.0
     proof = cg.verify(
         model,
         [con],
@@ -388,11 +530,45 @@ def check(
         time_limit=cfg.time_limit,
         seed=seed,
     )["monotone"]
+    secs = sum(m.seconds for m in proof.methods if m.method == "milp")
     viol = max(v for v in (r.max_violation, proof.max_violation) if v is not None)
-    return viol, {"certified": True, "violated": False}.get(proof.status)
+    return viol, {"certified": True, "violated": False}.get(proof.status), secs
+
+
+def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any]]) -> dict:
+    """One record per (dataset, protocol, method): mean ± std over seeds and verification."""
+    scores = [r["test"] for r in runs]
+    viols = [r["max_violation"] for r in runs if r["max_violation"] is not None]
+    certs = [r["certified"] for r in runs]
+    certified: bool | None
+    if method == "lmn":
+        certified = None
+    elif all(c is True for c in certs):
+        certified = True
+    elif any(c is False for c in certs):
+        certified = False
+    else:
+        certified = None
+    milp = [r["milp_seconds"] for r in runs if r["milp_seconds"] is not None]
+    return {
+        "dataset": dataset,
+        "protocol": protocol,
+        "method": method,
+        "metric": runs[0]["metric"],
+        "mean": statistics.fmean(scores),
+        "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "max_violation": max(viols) if viols else None,
+        "certified": certified,
+        "certified_runs": f"{sum(c is True for c in certs)}/{len(certs)}",
+        "seeds": len(scores),
+        "milp_seconds_max": max(milp) if milp else None,
+        "grid_size": runs[0]["grid_size"],
+        "runs": runs,
+    }
 
 
 def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every seed and method: select on validation over the grid, then test once."""
     if protocol == "comet":
         loader = load_auto_mpg if dataset == "auto-mpg" else load_heart
         train_t, test_t = loader("train"), loader("test")
@@ -400,68 +576,76 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
         train_t = {"auto-mpg": load_auto_mpg, "heart": load_heart, "compas": load_compas}[dataset]()
         test_t = None
     metric_name = "test_mse_mpg2" if train_t.task == "regression" else "test_accuracy"
-    results: dict[str, list[tuple[float, float | None, bool | None]]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    tag = f"[{dataset}/{protocol}]"
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         split = make_split(train_t, test_t, seed)
         for method in cfg.methods:
-            t0 = time.perf_counter()
-            model = train(method, train_t, split, seed, cfg)
-            if model is None:
+            confs = grid(method, cfg)
+            chosen: tuple[Config, Trained] | None = None
+            train_s = 0.0
+            for conf in confs:
+                got = train(method, train_t, split, seed, conf, cfg)
+                if got is None:
+                    break
+                train_s += got.seconds
+                if len(confs) > 1:
+                    print(
+                        f"{tag} seed {seed} {method} {conf.label()}: val {got.score[0]:.4g} "
+                        f"eligible {got.eligible} ({got.seconds:.0f}s)",
+                        flush=True,
+                    )
+                key = (got.eligible, got.score)
+                if chosen is None or key > (chosen[1].eligible, chosen[1].score):
+                    chosen = (conf, got)
+            if chosen is None:
                 print(
-                    f"[{dataset}/{protocol}] {method}: package 'monotonicnetworks' not "
-                    "installed, skipped (pip install monotonicnetworks)"
+                    f"{tag} {method}: package 'monotonicnetworks' not installed, skipped "
+                    "(pip install monotonicnetworks)"
                 )
                 continue
-            score = metric(model, split.x_test, split.y_test, train_t.task, split.y_scale)
+            conf, got = chosen
+            # The test rows are touched here, once, after the selection.
+            score = metric(got.model, split.x_test, split.y_test, train_t.task, split.y_scale)
             t1 = time.perf_counter()
-            if method == "lmn":
-                viol, cert = None, None  # monotone by construction; not Linear+ReLU
+            viol: float | None
+            cert: bool | None
+            milp_s: float | None
+            if method == "lmn":  # monotone by construction; not Linear+ReLU
+                viol, cert, milp_s = None, None, None
             else:
-                viol, cert = check(model, train_t, split, cfg, seed)
+                viol, cert, milp_s = check(got.model, train_t, split, cfg, seed)
             print(
-                f"[{dataset}/{protocol}] seed {seed} {method}: {metric_name} {score:.4f} "
-                f"max_violation {viol} certified {cert} (train {t1 - t0:.0f}s, verify "
-                f"{time.perf_counter() - t1:.0f}s)",
+                f"{tag} seed {seed} {method} [{conf.label()}]: {metric_name} {score:.4f} "
+                f"(val {got.score[0]:.4g}, eligible {got.eligible}) max_violation {viol} "
+                f"certified {cert} (train {train_s:.0f}s over {len(confs)} configs, verify "
+                f"{time.perf_counter() - t1:.1f}s, MILP {milp_s}s)",
                 flush=True,
             )
-            results.setdefault(method, []).append((score, viol, cert))
-    records = []
-    for method, rows in results.items():
-        scores = [r[0] for r in rows]
-        viols = [r[1] for r in rows if r[1] is not None]
-        certs = [r[2] for r in rows]
-        certified: bool | None
-        if method == "lmn":
-            certified = None
-        elif all(c is True for c in certs):
-            certified = True
-        elif any(c is False for c in certs):
-            certified = False
-        else:
-            certified = None
-        records.append(
-            {
-                "dataset": dataset,
-                "protocol": protocol,
-                "method": method,
-                "metric": metric_name,
-                "mean": statistics.fmean(scores),
-                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-                "max_violation": max(viols) if viols else None,
-                "certified": certified,
-                "certified_runs": f"{sum(c is True for c in certs)}/{len(certs)}",
-                "seeds": len(scores),
-            }
-        )
-    return records
+            runs.setdefault(method, []).append(
+                {
+                    "seed": seed,
+                    "metric": metric_name,
+                    "test": score,
+                    "val": got.score[0],
+                    "config": conf.label(),
+                    "grid_size": len(confs),
+                    "eligible": got.eligible,
+                    "max_violation": viol,
+                    "certified": cert,
+                    "milp_seconds": milp_s,
+                    "train_seconds": train_s,
+                }
+            )
+    return [summarise(dataset, protocol, m, rows) for m, rows in runs.items()]
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
     print(
-        "| dataset | protocol | method | metric | mean ± std | seeds | max violation | "
-        "certified (runs) |"
+        "| dataset | protocol | method | metric | mean ± std | seeds | grid | max violation | "
+        "certified (runs) | MILP s (max) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         v = "—" if r["max_violation"] is None else f"{r['max_violation']:+.3g}"
         c = (
@@ -469,14 +653,48 @@ def print_table(records: list[dict[str, Any]]) -> None:
             if r["method"] == "lmn"
             else f"{r['certified']} ({r['certified_runs']})"
         )
+        t = "—" if r["milp_seconds_max"] is None else f"{r['milp_seconds_max']:.2g}"
         print(
             f"| {r['dataset']} | {r['protocol']} | {r['method']} | {r['metric']} | "
-            f"{r['mean']:.4g} ± {r['std']:.3g} | {r['seeds']} | {v} | {c} |"
+            f"{r['mean']:.4g} ± {r['std']:.3g} | {r['seeds']} | {r['grid_size']} | {v} | {c} | "
+            f"{t} |"
         )
 
 
+def widths(text: str) -> tuple[int, ...]:
+    """``"128"`` → (128,); ``"32,32"`` → (32, 32)."""
+    try:
+        out = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(
+            f"hidden widths must be positive ints separated by commas (got {text!r})"
+        )
+    return out
+
+
+# Hyper-parameter grid searched on validation by --tune (each option can also be given as a list).
+TUNE_GRID: dict[str, list[Any]] = {
+    "hidden": [(16,), (32,)],
+    "lr": [3e-3, 1e-2],
+    "weight_decay": [1e-4],
+    "margin": [0.02],
+    "dual_lr": [1.0],
+    "lipschitz": [1.0, 2.0],
+}
+DEFAULTS: dict[str, list[Any]] = {
+    "hidden": [(32,)],
+    "lr": [3e-3],
+    "weight_decay": [1e-4],
+    "margin": [0.02],
+    "dual_lr": [1.0],
+    "lipschitz": [1.0],
+}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument(
         "--dataset", choices=DATASETS, action="append", help="repeatable; default: all three"
     )
@@ -488,19 +706,44 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--quick", action="store_true", help="2 seeds, fewer epochs, small searches")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="validation grid search over TUNE_GRID for the options not given explicitly",
+    )
     p.add_argument("--seeds", type=int, default=None, help="default 5 (2 with --quick)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--dual-lr", type=float, default=1.0)
+    grid_help = " (list: searched on validation)"
+    p.add_argument(
+        "--hidden",
+        type=widths,
+        nargs="+",
+        default=None,
+        help="hidden widths of the ReLU MLP, e.g. 32 or 16,16; default 32" + grid_help,
+    )
+    p.add_argument("--lr", type=float, nargs="+", default=None, help="default 3e-3" + grid_help)
+    p.add_argument(
+        "--weight-decay", type=float, nargs="+", default=None, help="default 1e-4" + grid_help
+    )
+    p.add_argument("--dual-lr", type=float, nargs="+", default=None, help="default 1" + grid_help)
     p.add_argument(
         "--margin",
         type=float,
-        default=0.05,
-        help="margin at the counterexample points (standardised units)",
+        nargs="+",
+        default=None,
+        help="margin at the counterexample and box points (standardised units); default 0.02"
+        + grid_help,
     )
+    p.add_argument(
+        "--lipschitz",
+        type=float,
+        nargs="+",
+        default=None,
+        help="LMN Lipschitz constant" + grid_help,
+    )
+    p.add_argument("--lmn-hidden", type=widths, default=(64, 64), help="LMN widths (default 64,64)")
     p.add_argument(
         "--box-points", type=int, default=256, help="uniform box points per step (0: none)"
     )
@@ -508,13 +751,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ce-every", type=int, default=20)
     p.add_argument("--ce-starts", type=int, default=64)
     p.add_argument("--ce-steps", type=int, default=20)
-    p.add_argument("--lipschitz", type=float, default=1.0, help="LMN Lipschitz constant")
+    p.add_argument(
+        "--eligible",
+        choices=("certify", "search"),
+        default="certify",
+        help="constrained checkpoints must be MILP-certified (default) or pass a short search",
+    )
+    p.add_argument(
+        "--milp-every",
+        type=int,
+        default=5,
+        help="constrained: every N epochs, feed MILP counterexamples to training (0: never)",
+    )
+    p.add_argument(
+        "--select-time-limit", type=float, default=2.0, help="seconds per MILP in selection"
+    )
     p.add_argument("--verify-samples", type=int, default=None)
     p.add_argument("--verify-starts", type=int, default=64)
     p.add_argument("--verify-steps", type=int, default=50)
     p.add_argument("--time-limit", type=float, default=None, help="seconds per MILP")
     p.add_argument("--json", type=Path, default=None)
     cfg = p.parse_args(argv)
+    for key, default in DEFAULTS.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, TUNE_GRID[key] if cfg.tune else default)
     cfg.seeds = cfg.seeds or (2 if cfg.quick else 5)
     cfg.epochs = cfg.epochs or (60 if cfg.quick else 200)
     cfg.verify_samples = cfg.verify_samples or (4096 if cfg.quick else 16384)
@@ -527,15 +787,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     datasets = cfg.dataset or (["auto-mpg"] if cfg.quick else list(DATASETS))
     protocols = cfg.protocol or ["clean", "comet"]
-    records = []
+    records: list[dict[str, Any]] = []
     for ds in datasets:
         for protocol in protocols:
             if protocol == "comet" and ds == "compas":
                 continue
             records += run_one(ds, protocol, cfg)
+            if cfg.json is not None:  # after each part, so that a long run leaves results
+                cfg.json.write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
     print_table(records)
-    if cfg.json is not None:
-        cfg.json.write_text(json.dumps(records, indent=2, allow_nan=False) + "\n")
     return records
 
 
