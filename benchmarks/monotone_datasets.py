@@ -98,6 +98,7 @@ HEART_FEATURES = [
     "thal",
 ]
 COMPAS_COUNTS = ["priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"]
+FOLDS = 5  # train part cut into 5: one fold validates, 4 train
 COMPAS_RACES = ["African-American", "Asian", "Caucasian", "Hispanic", "Native American", "Other"]
 
 
@@ -188,23 +189,34 @@ class Split:
     y_test: torch.Tensor
     box: cg.Box  # per-feature [min, max] of all standardised rows
     y_scale: float  # standard deviation of the regression target (1 for classification)
+    y_shift: float = 0.0  # mean of the regression target (0 for classification)
 
 
-def make_split(train: Table, test: Table | None, seed: int) -> Split:
-    """``test=None``: seeded 80/20 split of ``train``; then 20% of train for validation."""
+def make_split(
+    train: Table, test: Table | None, seed: int, fold: int = 0, folds: int = FOLDS
+) -> Split:
+    """``test=None``: seeded 80/20 split of ``train``; the train part is then cut (seeded) into
+    ``folds`` parts and part ``fold`` is held out for validation (default: 5 parts, 20 %).
+
+    The test rows depend on ``seed`` only, so every fold of one seed shares them. Features are
+    standardised with the mean/std of the whole train part (features only, no labels), so all
+    folds of a seed share one input space and one box; a regression target is standardised
+    with the labels of the fold's own training rows (``y_shift``, ``y_scale``)."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"make_split: fold must be in [0, {folds}) (got {fold})")
     rng = np.random.default_rng(seed)
     if test is None:
         order = rng.permutation(len(train.y))
         n_test = round(0.2 * len(order))
         te, tr = order[:n_test], order[n_test:]
-        x_tr, y_tr, x_te, y_te = train.x[tr], train.y[tr], train.x[te], train.y[te]
+        x_part, y_part, x_te, y_te = train.x[tr], train.y[tr], train.x[te], train.y[te]
     else:
-        x_tr, y_tr, x_te, y_te = train.x, train.y, test.x, test.y
-    order = rng.permutation(len(y_tr))
-    n_val = round(0.2 * len(order))
-    va, tr = order[:n_val], order[n_val:]
-    x_va, y_va, x_tr, y_tr = x_tr[va], y_tr[va], x_tr[tr], y_tr[tr]
-    mu, sd = x_tr.mean(0), x_tr.std(0)
+        x_part, y_part, x_te, y_te = train.x, train.y, test.x, test.y
+    parts = np.array_split(rng.permutation(len(y_part)), folds)
+    va = parts[fold]
+    tr = np.concatenate([q for k, q in enumerate(parts) if k != fold])
+    x_va, y_va, x_tr, y_tr = x_part[va], y_part[va], x_part[tr], y_part[tr]
+    mu, sd = x_part.mean(0), x_part.std(0)
     sd[sd == 0] = 1.0
     y_mu, y_sd = 0.0, 1.0
     if train.task == "regression":
@@ -216,8 +228,7 @@ def make_split(train: Table, test: Table | None, seed: int) -> Split:
     def ty(a: np.ndarray) -> torch.Tensor:
         return torch.tensor((a - y_mu) / y_sd, dtype=torch.float32).unsqueeze(1)
 
-    all_x = np.concatenate([x_tr, x_va, x_te])
-    z = (all_x - mu) / sd
+    z = (np.concatenate([x_part, x_te]) - mu) / sd
     low, high = z.min(0), z.max(0)
     high = np.maximum(high, low + 1e-6)  # constant features: keep the box non-degenerate
     return Split(
@@ -229,7 +240,37 @@ def make_split(train: Table, test: Table | None, seed: int) -> Split:
         ty(y_te),
         cg.Box(low.tolist(), high.tolist()),
         y_sd,
+        y_mu,
     )
+
+
+class MeanEnsemble(nn.Module):
+    """Average of members in target units, expressed in the standardised units of ``units``:
+
+        f(x) = (mean_k (shift_k + scale_k · f_k(x)) − shift_u) / scale_u.
+
+    Every scale is positive, so if each member is monotone in a feature (same direction), so
+    is the ensemble: a positive combination of non-decreasing functions is non-decreasing.
+    That is the certificate used for ensembles here (each member MILP-certified)."""
+
+    def __init__(self, members: list[nn.Module], splits: list[Split], units: Split) -> None:
+        super().__init__()
+        if not members or len(members) != len(splits):
+            raise ValueError(
+                f"MeanEnsemble: need one split per member (got {len(members)} members, "
+                f"{len(splits)} splits)"
+            )
+        self.members = nn.ModuleList(members)
+        self.shift: torch.Tensor
+        self.scale: torch.Tensor
+        self.register_buffer("shift", torch.tensor([s.y_shift for s in splits]))
+        self.register_buffer("scale", torch.tensor([s.y_scale for s in splits]))
+        self.units = (units.y_shift, units.y_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = torch.stack([m(x) for m in self.members])  # (K, n, 1)
+        raw = (self.shift[:, None, None] + self.scale[:, None, None] * outs).mean(0)
+        return (raw - self.units[0]) / self.units[1]
 
 
 def mlp(d: int, hidden: tuple[int, ...]) -> nn.Sequential:
@@ -350,34 +391,14 @@ def eligible(
     pts = torch.cat([split.x_val, source.buffer[: source.filled].float()])
     if val_violations(model, pts, table.monotone, table.direction) > 0:
         return False
-    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
     if cfg.eligible == "certify":
-        rep = cg.verify(
-            model,
-            [con],
-            split.box,
-            samples=0,
-            adversarial=False,
-            certify="auto",
-            time_limit=cfg.select_time_limit,
-            seed=seed,
-        )
-        ok = rep["monotone"].status == "certified"
-        feed(source, [ce.x for ce in rep["monotone"].counterexamples])
-    else:
-        rep = cg.verify(
-            model,
-            [con],
-            split.box,
-            samples=4096,
-            starts=64,
-            steps=50,
-            certify=False,
-            seed=seed + 1000,
-        )
-        ok = rep["monotone"].status == "no violation found"
+        return milp_feedback(model, table, split, source, cfg, seed=seed)
+    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
+    rep = cg.verify(
+        model, [con], split.box, samples=4096, starts=64, steps=50, certify=False, seed=seed + 1000
+    )
     model.train()
-    return ok
+    return rep["monotone"].status == "no violation found"
 
 
 def feed(source: Any, points: list[list[float]]) -> None:
@@ -391,10 +412,15 @@ def feed(source: Any, points: list[list[float]]) -> None:
 
 
 def milp_feedback(
-    model: nn.Module, table: Table, split: Split, source: Any, cfg: argparse.Namespace
-) -> None:
-    """Exact counterexample search during training (``--milp-every``): MILP over the box,
-    counterexamples go to the buffer (see :func:`feed`)."""
+    model: nn.Module,
+    table: Table,
+    split: Split,
+    source: Any,
+    cfg: argparse.Namespace,
+    seed: int = 0,
+) -> bool:
+    """Exact MILP over the box (``--select-time-limit`` per MILP); its counterexamples go to
+    the buffer of ``source`` (see :func:`feed`). True iff monotonicity is certified."""
     con = cg.Monotonic(table.monotone, table.direction, name="monotone")
     rep = cg.verify(
         model,
@@ -404,9 +430,11 @@ def milp_feedback(
         adversarial=False,
         certify="auto",
         time_limit=cfg.select_time_limit,
-    )
+        seed=seed,
+    )["monotone"]
     model.train()
-    feed(source, [ce.x for ce in rep["monotone"].counterexamples])
+    feed(source, [ce.x for ce in rep.counterexamples])
+    return rep.status == "certified"
 
 
 @dataclass
@@ -541,7 +569,7 @@ def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any
     viols = [r["max_violation"] for r in runs if r["max_violation"] is not None]
     certs = [r["certified"] for r in runs]
     certified: bool | None
-    if method == "lmn":
+    if method.startswith("lmn"):
         certified = None
     elif all(c is True for c in certs):
         certified = True
@@ -567,8 +595,65 @@ def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any
     }
 
 
+def select(
+    method: str, table: Table, split: Split, seed: int, cfg: argparse.Namespace, tag: str
+) -> tuple[Config, Trained, float, int] | None:
+    """Train the grid of ``method`` on ``split``; the best (eligible first, then validation
+    score) grid point, the training seconds summed over the grid and the grid size. None: the
+    LMN package is missing."""
+    confs = grid(method, cfg)
+    chosen: tuple[Config, Trained] | None = None
+    train_s = 0.0
+    for conf in confs:
+        got = train(method, table, split, seed, conf, cfg)
+        if got is None:
+            return None
+        train_s += got.seconds
+        if len(confs) > 1:
+            print(
+                f"{tag} seed {seed} {method} {conf.label()}: val {got.score[0]:.4g} "
+                f"eligible {got.eligible} ({got.seconds:.0f}s)",
+                flush=True,
+            )
+        if chosen is None or (got.eligible, got.score) > (chosen[1].eligible, chosen[1].score):
+            chosen = (conf, got)
+    assert chosen is not None
+    return chosen[0], chosen[1], train_s, len(confs)
+
+
+def check_ensemble(
+    method: str, ens: MeanEnsemble, table: Table, split: Split, cfg: argparse.Namespace, seed: int
+) -> tuple[float | None, bool | None, float | None]:
+    """Verify an ensemble: search for violations on the ensemble itself; certified iff every
+    member is MILP-certified (a positive combination of monotone functions is monotone)."""
+    if method == "lmn":  # every member monotone by construction
+        return None, None, None
+    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
+    found = cg.verify(
+        ens,
+        [con],
+        split.box,
+        samples=cfg.verify_samples,
+        starts=cfg.verify_starts,
+        steps=cfg.verify_steps,
+        certify=False,
+        seed=seed,
+    )["monotone"]
+    if found.status == "violated":
+        return found.max_violation, False, 0.0
+    certs = []
+    secs = 0.0
+    for member in ens.members:
+        _, c, t = check(member, table, split, cfg, seed)
+        certs.append(c)
+        secs += t
+    return found.max_violation, (True if all(c is True for c in certs) else None), secs
+
+
 def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every seed and method: select on validation over the grid, then test once."""
+    """Every seed and method: select on validation over the grid, then test once; with
+    ``--ensemble K``, K − 1 more members at the selected grid point, one per remaining fold of
+    the train part (each member picks its checkpoint on its own fold), averaged."""
     if protocol == "comet":
         loader = load_auto_mpg if dataset == "auto-mpg" else load_heart
         train_t, test_t = loader("train"), loader("test")
@@ -578,36 +663,30 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
     metric_name = "test_mse_mpg2" if train_t.task == "regression" else "test_accuracy"
     runs: dict[str, list[dict[str, Any]]] = {}
     tag = f"[{dataset}/{protocol}]"
+
+    def record(name: str, seed: int, **row: Any) -> None:
+        print(
+            f"{tag} seed {seed} {name} [{row['config']}]: {metric_name} {row['test']:.4f} "
+            f"(val {row['val']:.4g}, eligible {row['eligible']}) max_violation "
+            f"{row['max_violation']} certified {row['certified']} (train "
+            f"{row['train_seconds']:.0f}s, MILP {row['milp_seconds']}s)",
+            flush=True,
+        )
+        runs.setdefault(name, []).append({"seed": seed, "metric": metric_name, **row})
+
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         split = make_split(train_t, test_t, seed)
         for method in cfg.methods:
-            confs = grid(method, cfg)
-            chosen: tuple[Config, Trained] | None = None
-            train_s = 0.0
-            for conf in confs:
-                got = train(method, train_t, split, seed, conf, cfg)
-                if got is None:
-                    break
-                train_s += got.seconds
-                if len(confs) > 1:
-                    print(
-                        f"{tag} seed {seed} {method} {conf.label()}: val {got.score[0]:.4g} "
-                        f"eligible {got.eligible} ({got.seconds:.0f}s)",
-                        flush=True,
-                    )
-                key = (got.eligible, got.score)
-                if chosen is None or key > (chosen[1].eligible, chosen[1].score):
-                    chosen = (conf, got)
-            if chosen is None:
+            picked = select(method, train_t, split, seed, cfg, tag)
+            if picked is None:
                 print(
                     f"{tag} {method}: package 'monotonicnetworks' not installed, skipped "
                     "(pip install monotonicnetworks)"
                 )
                 continue
-            conf, got = chosen
-            # The test rows are touched here, once, after the selection.
+            conf, got, train_s, n_grid = picked
+            # The test rows are touched here, once per model, after the selection.
             score = metric(got.model, split.x_test, split.y_test, train_t.task, split.y_scale)
-            t1 = time.perf_counter()
             viol: float | None
             cert: bool | None
             milp_s: float | None
@@ -615,27 +694,52 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
                 viol, cert, milp_s = None, None, None
             else:
                 viol, cert, milp_s = check(got.model, train_t, split, cfg, seed)
-            print(
-                f"{tag} seed {seed} {method} [{conf.label()}]: {metric_name} {score:.4f} "
-                f"(val {got.score[0]:.4g}, eligible {got.eligible}) max_violation {viol} "
-                f"certified {cert} (train {train_s:.0f}s over {len(confs)} configs, verify "
-                f"{time.perf_counter() - t1:.1f}s, MILP {milp_s}s)",
-                flush=True,
+            common = {"config": conf.label(), "grid_size": n_grid}
+            record(
+                method,
+                seed,
+                test=score,
+                val=got.score[0],
+                eligible=got.eligible,
+                max_violation=viol,
+                certified=cert,
+                milp_seconds=milp_s,
+                train_seconds=train_s,
+                **common,
             )
-            runs.setdefault(method, []).append(
-                {
-                    "seed": seed,
-                    "metric": metric_name,
-                    "test": score,
-                    "val": got.score[0],
-                    "config": conf.label(),
-                    "grid_size": len(confs),
-                    "eligible": got.eligible,
-                    "max_violation": viol,
-                    "certified": cert,
-                    "milp_seconds": milp_s,
-                    "train_seconds": train_s,
-                }
+            if cfg.ensemble < 2:
+                continue
+            members, splits, vals, oks = [got.model], [split], [got.score[0]], [got.eligible]
+            member_s = 0.0
+            for fold in range(1, cfg.ensemble):
+                fsplit = make_split(train_t, test_t, seed, fold=fold)
+                m = train(method, train_t, fsplit, seed + 1000 * fold, conf, cfg)
+                assert m is not None
+                member_s += m.seconds
+                members.append(m.model)
+                splits.append(fsplit)
+                vals.append(m.score[0])
+                oks.append(m.eligible)
+            if any(oks):  # members without an eligible checkpoint stay out (training-side rule)
+                keep = [k for k, ok in enumerate(oks) if ok]
+                members = [members[k] for k in keep]
+                splits = [splits[k] for k in keep]
+                vals = [vals[k] for k in keep]
+            ens = MeanEnsemble(members, splits, units=split).eval()
+            score = metric(ens, split.x_test, split.y_test, train_t.task, split.y_scale)
+            viol, cert, milp_s = check_ensemble(method, ens, train_t, split, cfg, seed)
+            record(
+                f"{method}+ens{cfg.ensemble}",
+                seed,
+                test=score,
+                val=statistics.fmean(vals),
+                eligible=any(oks),
+                members=len(members),
+                max_violation=viol,
+                certified=cert,
+                milp_seconds=milp_s,
+                train_seconds=train_s + member_s,
+                **common,
             )
     return [summarise(dataset, protocol, m, rows) for m, rows in runs.items()]
 
@@ -650,7 +754,7 @@ def print_table(records: list[dict[str, Any]]) -> None:
         v = "—" if r["max_violation"] is None else f"{r['max_violation']:+.3g}"
         c = (
             "by construction"
-            if r["method"] == "lmn"
+            if r["method"].startswith("lmn")
             else f"{r['certified']} ({r['certified_runs']})"
         )
         t = "—" if r["milp_seconds_max"] is None else f"{r['milp_seconds_max']:.2g}"
@@ -770,11 +874,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify-starts", type=int, default=64)
     p.add_argument("--verify-steps", type=int, default=50)
     p.add_argument("--time-limit", type=float, default=None, help="seconds per MILP")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help=f"K > 1: also report the mean of K members, one per fold of the train part "
+        f"(K ≤ {FOLDS}; members at the grid point selected on fold 0; default 1: no ensemble)",
+    )
     p.add_argument("--json", type=Path, default=None)
     cfg = p.parse_args(argv)
     for key, default in DEFAULTS.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, TUNE_GRID[key] if cfg.tune else default)
+    if not 1 <= cfg.ensemble <= FOLDS:
+        p.error(f"--ensemble must be between 1 and {FOLDS} (got {cfg.ensemble})")
     cfg.seeds = cfg.seeds or (2 if cfg.quick else 5)
     cfg.epochs = cfg.epochs or (60 if cfg.quick else 200)
     cfg.verify_samples = cfg.verify_samples or (4096 if cfg.quick else 16384)

@@ -54,3 +54,63 @@ def test_feed_fills_then_overwrites_the_buffer() -> None:
     assert source.filled == 2
     expected = torch.tensor([[0.5, 0.6], [0.3, 0.4]], dtype=torch.float64)
     assert torch.equal(source.buffer, expected)
+
+
+def _table(n: int = 53, task: str = "regression") -> object:
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, generator=rng, dtype=torch.float64).numpy() * 10.0
+    y = (x[:, 0] * 2.0 + 5.0) if task == "regression" else (x[:, 0] > 5.0).astype(float)
+    return md.Table(x, y, ["a", "b", "c"], [0], "increasing", task)
+
+
+def test_folds_partition_the_train_part_and_share_test_rows_and_box() -> None:
+    table = _table()
+    splits = [md.make_split(table, None, seed=3, fold=k) for k in range(md.FOLDS)]
+    n_test = round(0.2 * 53)
+    for s in splits:
+        assert s.x_test.shape[0] == n_test
+        assert torch.equal(s.x_test, splits[0].x_test)  # test rows depend on the seed only
+        assert torch.equal(s.box.low, splits[0].box.low)
+        assert torch.equal(s.box.high, splits[0].box.high)
+        assert s.x_train.shape[0] + s.x_val.shape[0] == 53 - n_test
+    vals = torch.cat([s.x_val for s in splits])
+    # the validation folds are disjoint and together cover the train part exactly once
+    assert vals.shape[0] == 53 - n_test
+    assert torch.unique(vals, dim=0).shape[0] == vals.shape[0]
+    together = torch.cat([splits[0].x_train, splits[0].x_val])
+    assert torch.equal(torch.sort(vals[:, 0]).values, torch.sort(together[:, 0]).values)
+    with pytest.raises(ValueError, match="fold must be in"):
+        md.make_split(table, None, seed=3, fold=md.FOLDS)
+
+
+def test_mean_ensemble_averages_in_target_units_and_stays_monotone() -> None:
+    table = _table()
+    splits = [md.make_split(table, None, seed=1, fold=k) for k in range(3)]
+    assert len({s.y_shift for s in splits}) == 3  # each fold scales its own labels
+    torch.manual_seed(0)
+    members = [md.mlp(3, (8,)) for _ in splits]
+    for m in members:  # non-negative weights + ReLU: non-decreasing in every input
+        for lin in (m[0], m[2]):
+            lin.weight.data.abs_()
+    ens = md.MeanEnsemble(members, splits, units=splits[0]).double()
+    x = splits[0].x_test.double()
+    raw = torch.stack(
+        [s.y_shift + s.y_scale * m(x) for m, s in zip(members, splits, strict=True)]
+    ).mean(0)
+    expected = (raw - splits[0].y_shift) / splits[0].y_scale
+    torch.testing.assert_close(ens(x), expected)
+    # monotone members give a monotone ensemble: verified by search over the box
+    report = cg.verify(
+        ens, [cg.Monotonic([0], "increasing", name="m")], splits[0].box, samples=512, seed=0
+    )
+    assert report["m"].status == "no violation found"
+    assert report["m"].max_violation is not None and report["m"].max_violation <= 0.0
+    with pytest.raises(ValueError, match="one split per member"):
+        md.MeanEnsemble(members, splits[:2], units=splits[0])
+
+
+def test_ensemble_option_is_range_checked() -> None:
+    assert md.parse(["--ensemble", "5"]).ensemble == 5
+    for bad in ("0", str(md.FOLDS + 1)):
+        with pytest.raises(SystemExit):
+            md.parse(["--ensemble", bad])
