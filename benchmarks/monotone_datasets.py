@@ -244,33 +244,21 @@ def make_split(
     )
 
 
-class MeanEnsemble(nn.Module):
-    """Average of members in target units, expressed in the standardised units of ``units``:
-
-        f(x) = (mean_k (shift_k + scale_k · f_k(x)) − shift_u) / scale_u.
-
-    Every scale is positive, so if each member is monotone in a feature (same direction), so
-    is the ensemble: a positive combination of non-decreasing functions is non-decreasing.
-    That is the certificate used for ensembles here (each member MILP-certified)."""
-
-    def __init__(self, members: list[nn.Module], splits: list[Split], units: Split) -> None:
-        super().__init__()
-        if not members or len(members) != len(splits):
-            raise ValueError(
-                f"MeanEnsemble: need one split per member (got {len(members)} members, "
-                f"{len(splits)} splits)"
-            )
-        self.members = nn.ModuleList(members)
-        self.shift: torch.Tensor
-        self.scale: torch.Tensor
-        self.register_buffer("shift", torch.tensor([s.y_shift for s in splits]))
-        self.register_buffer("scale", torch.tensor([s.y_scale for s in splits]))
-        self.units = (units.y_shift, units.y_scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = torch.stack([m(x) for m in self.members])  # (K, n, 1)
-        raw = (self.shift[:, None, None] + self.scale[:, None, None] * outs).mean(0)
-        return (raw - self.units[0]) / self.units[1]
+def mean_ensemble(members: list[nn.Module], splits: list[Split], units: Split) -> cg.Ensemble:
+    """The mean of the members in target units, expressed in the standardised units of
+    ``units``: ``(mean_k (shift_k + scale_k f_k(x)) - shift_u) / scale_u``, i.e. a
+    :class:`constrained_grad.Ensemble` with weights ``scale_k / (K scale_u)`` (positive, so
+    monotone members give a monotone ensemble) and bias ``(mean_k shift_k - shift_u) /
+    scale_u``."""
+    if not members or len(members) != len(splits):
+        raise ValueError(
+            f"mean_ensemble: need one split per member (got {len(members)} members, "
+            f"{len(splits)} splits)"
+        )
+    k = len(members)
+    weights = [s.y_scale / (k * units.y_scale) for s in splits]
+    bias = (statistics.fmean(s.y_shift for s in splits) - units.y_shift) / units.y_scale
+    return cg.Ensemble(members, weights=weights, bias=bias)
 
 
 def mlp(d: int, hidden: tuple[int, ...]) -> nn.Sequential:
@@ -411,16 +399,10 @@ def feed(source: Any, points: list[list[float]]) -> None:
         source.found += 1
 
 
-def milp_feedback(
-    model: nn.Module,
-    table: Table,
-    split: Split,
-    source: Any,
-    cfg: argparse.Namespace,
-    seed: int = 0,
-) -> bool:
-    """Exact MILP over the box (``--select-time-limit`` per MILP); its counterexamples go to
-    the buffer of ``source`` (see :func:`feed`). True iff monotonicity is certified."""
+def certify_box(
+    model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace, seed: int = 0
+) -> Any:
+    """The exact MILP over the box (``--select-time-limit`` per MILP): the monotone report."""
     con = cg.Monotonic(table.monotone, table.direction, name="monotone")
     rep = cg.verify(
         model,
@@ -433,8 +415,37 @@ def milp_feedback(
         seed=seed,
     )["monotone"]
     model.train()
+    return rep
+
+
+def milp_feedback(
+    model: nn.Module,
+    table: Table,
+    split: Split,
+    source: Any,
+    cfg: argparse.Namespace,
+    seed: int = 0,
+) -> bool:
+    """:func:`certify_box`, whose counterexamples go to the buffer of ``source`` (see
+    :func:`feed`). True iff monotonicity is certified."""
+    rep = certify_box(model, table, split, cfg, seed)
     feed(source, [ce.x for ce in rep.counterexamples])
     return rep.status == "certified"
+
+
+def test_selected_score(model: nn.Module, split: Split, task: str) -> float:
+    """DIAGNOSTIC ONLY (``--test-selected``), the published protocol's score of one checkpoint:
+    test MSE, or the best test accuracy over decision thresholds on the logit in [-1, 1]
+    (as in the Lipschitz-monotonic-network experiment code). Never used for selection."""
+    if task == "regression":
+        return metric(model, split.x_test, split.y_test, task, split.y_scale)
+    model.eval()
+    with torch.no_grad():
+        logits = model(split.x_test)
+    model.train()
+    thresholds = torch.linspace(-1.0, 1.0, 101)
+    hits = ((logits > thresholds).float() == split.y_test).float().mean(0)
+    return float(hits.max())
 
 
 @dataclass
@@ -445,6 +456,8 @@ class Trained:
     score: tuple[float, float]  # validation score (higher is better)
     eligible: bool  # False: no checkpoint passed the eligibility test (last state kept)
     seconds: float
+    test_selected: float | None = None  # --test-selected diagnostic: best test score of any
+    # certified (constrained) / any (other methods) epoch; None when not asked for
 
 
 def train(
@@ -502,6 +515,7 @@ def train(
     n = split.x_train.shape[0]
     best: tuple[float, float] | None = None
     best_state = copy.deepcopy(model.state_dict())
+    oracle: float | None = None
     for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.batch_size):
@@ -515,6 +529,13 @@ def train(
                 opt.step()
         if method == "constrained" and cfg.milp_every and (epoch + 1) % cfg.milp_every == 0:
             milp_feedback(model, table, split, source, cfg)
+        if cfg.test_selected and (
+            method != "constrained"
+            or certify_box(model, table, split, cfg, seed).status == "certified"
+        ):  # diagnostic: nothing is fed back, the training is the same as without it
+            got = test_selected_score(model, split, task)
+            better = min if task == "regression" else max
+            oracle = got if oracle is None else better(oracle, got)
         if method == "constrained" and epoch < cfg.epochs // 2:
             continue
         score = val_score(model, split, task)
@@ -527,7 +548,7 @@ def train(
         model.load_state_dict(best_state)
     model.eval()
     final = best if best is not None else val_score(model, split, task)
-    return Trained(model, final, best is not None, time.perf_counter() - t0)
+    return Trained(model, final, best is not None, time.perf_counter() - t0, oracle)
 
 
 def check(
@@ -578,6 +599,7 @@ def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any
     else:
         certified = None
     milp = [r["milp_seconds"] for r in runs if r["milp_seconds"] is not None]
+    oracle = [r["test_selected"] for r in runs if r.get("test_selected") is not None]
     return {
         "dataset": dataset,
         "protocol": protocol,
@@ -591,24 +613,30 @@ def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any
         "seeds": len(scores),
         "milp_seconds_max": max(milp) if milp else None,
         "grid_size": runs[0]["grid_size"],
+        "test_selected_mean": statistics.fmean(oracle) if oracle else None,
+        "test_selected_std": statistics.stdev(oracle) if len(oracle) > 1 else None,
         "runs": runs,
     }
 
 
 def select(
     method: str, table: Table, split: Split, seed: int, cfg: argparse.Namespace, tag: str
-) -> tuple[Config, Trained, float, int] | None:
+) -> tuple[Config, Trained, float, int, float | None] | None:
     """Train the grid of ``method`` on ``split``; the best (eligible first, then validation
-    score) grid point, the training seconds summed over the grid and the grid size. None: the
-    LMN package is missing."""
+    score) grid point, the training seconds summed over the grid, the grid size and the
+    ``--test-selected`` diagnostic over the whole grid (None if not asked for). None: the LMN
+    package is missing."""
     confs = grid(method, cfg)
     chosen: tuple[Config, Trained] | None = None
     train_s = 0.0
+    oracles: list[float] = []
     for conf in confs:
         got = train(method, table, split, seed, conf, cfg)
         if got is None:
             return None
         train_s += got.seconds
+        if got.test_selected is not None:
+            oracles.append(got.test_selected)
         if len(confs) > 1:
             print(
                 f"{tag} seed {seed} {method} {conf.label()}: val {got.score[0]:.4g} "
@@ -618,11 +646,14 @@ def select(
         if chosen is None or (got.eligible, got.score) > (chosen[1].eligible, chosen[1].score):
             chosen = (conf, got)
     assert chosen is not None
-    return chosen[0], chosen[1], train_s, len(confs)
+    oracle = None
+    if oracles:
+        oracle = min(oracles) if table.task == "regression" else max(oracles)
+    return chosen[0], chosen[1], train_s, len(confs), oracle
 
 
 def check_ensemble(
-    method: str, ens: MeanEnsemble, table: Table, split: Split, cfg: argparse.Namespace, seed: int
+    method: str, ens: cg.Ensemble, table: Table, split: Split, cfg: argparse.Namespace, seed: int
 ) -> tuple[float | None, bool | None, float | None]:
     """Verify an ensemble: search for violations on the ensemble itself; certified iff every
     member is MILP-certified (a positive combination of monotone functions is monotone)."""
@@ -684,7 +715,7 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
                     "(pip install monotonicnetworks)"
                 )
                 continue
-            conf, got, train_s, n_grid = picked
+            conf, got, train_s, n_grid, oracle = picked
             # The test rows are touched here, once per model, after the selection.
             score = metric(got.model, split.x_test, split.y_test, train_t.task, split.y_scale)
             viol: float | None
@@ -705,6 +736,7 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
                 certified=cert,
                 milp_seconds=milp_s,
                 train_seconds=train_s,
+                test_selected=oracle,
                 **common,
             )
             if cfg.ensemble < 2:
@@ -725,7 +757,7 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
                 members = [members[k] for k in keep]
                 splits = [splits[k] for k in keep]
                 vals = [vals[k] for k in keep]
-            ens = MeanEnsemble(members, splits, units=split).eval()
+            ens = mean_ensemble(members, splits, units=split).eval()
             score = metric(ens, split.x_test, split.y_test, train_t.task, split.y_scale)
             viol, cert, milp_s = check_ensemble(method, ens, train_t, split, cfg, seed)
             record(
@@ -739,6 +771,7 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
                 certified=cert,
                 milp_seconds=milp_s,
                 train_seconds=train_s + member_s,
+                test_selected=None,
                 **common,
             )
     return [summarise(dataset, protocol, m, rows) for m, rows in runs.items()]
@@ -763,6 +796,17 @@ def print_table(records: list[dict[str, Any]]) -> None:
             f"{r['mean']:.4g} ± {r['std']:.3g} | {r['seeds']} | {r['grid_size']} | {v} | {c} | "
             f"{t} |"
         )
+    diag = [r for r in records if r.get("test_selected_mean") is not None]
+    if diag:
+        print("\nDIAGNOSTIC, not a result: the published protocol (test-selected epoch/threshold)")
+        print("| dataset | protocol | method | metric | test-selected mean ± std |")
+        print("|---|---|---|---|---|")
+        for r in diag:
+            std = r["test_selected_std"] or 0.0
+            print(
+                f"| {r['dataset']} | {r['protocol']} | {r['method']} | {r['metric']} | "
+                f"{r['test_selected_mean']:.4g} ± {std:.3g} |"
+            )
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -880,6 +924,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help=f"K > 1: also report the mean of K members, one per fold of the train part "
         f"(K ≤ {FOLDS}; members at the grid point selected on fold 0; default 1: no ensemble)",
+    )
+    p.add_argument(
+        "--test-selected",
+        action="store_true",
+        help="DIAGNOSTIC: also report the published protocol's number (best test score over "
+        "epochs, grid points and, for accuracy, thresholds; constrained: MILP-certified epochs "
+        "only). Never used for selection; costs one MILP per epoch",
     )
     p.add_argument("--json", type=Path, default=None)
     cfg = p.parse_args(argv)

@@ -50,6 +50,7 @@ from constrained_grad.history import (
     plot_history,
     plot_partial_dependence,
 )
+from constrained_grad.models import Ensemble
 from constrained_grad.parallel import is_main_process
 from constrained_grad.problem import DerivativeProblem, RankSync, with_indices
 from constrained_grad.training import FitResult, StepInfo, Trainer, fit
@@ -78,6 +79,7 @@ __all__ = [
     "DerivativeBound",
     "DerivativeConstraint",
     "DerivativeProblem",
+    "Ensemble",
     "FitResult",
     "FixedPenalty",
     "GradientMatch",

@@ -92,21 +92,20 @@ def test_mean_ensemble_averages_in_target_units_and_stays_monotone() -> None:
     for m in members:  # non-negative weights + ReLU: non-decreasing in every input
         for lin in (m[0], m[2]):
             lin.weight.data.abs_()
-    ens = md.MeanEnsemble(members, splits, units=splits[0]).double()
+    ens = md.mean_ensemble(members, splits, units=splits[0]).double()
     x = splits[0].x_test.double()
     raw = torch.stack(
         [s.y_shift + s.y_scale * m(x) for m, s in zip(members, splits, strict=True)]
     ).mean(0)
     expected = (raw - splits[0].y_shift) / splits[0].y_scale
     torch.testing.assert_close(ens(x), expected)
-    # monotone members give a monotone ensemble: verified by search over the box
+    # monotone members give a monotone ensemble: proved by the joint MILP over the box
     report = cg.verify(
         ens, [cg.Monotonic([0], "increasing", name="m")], splits[0].box, samples=512, seed=0
     )
-    assert report["m"].status == "no violation found"
-    assert report["m"].max_violation is not None and report["m"].max_violation <= 0.0
+    assert report["m"].status == "certified"
     with pytest.raises(ValueError, match="one split per member"):
-        md.MeanEnsemble(members, splits[:2], units=splits[0])
+        md.mean_ensemble(members, splits[:2], units=splits[0])
 
 
 def test_ensemble_option_is_range_checked() -> None:
@@ -114,3 +113,22 @@ def test_ensemble_option_is_range_checked() -> None:
     for bad in ("0", str(md.FOLDS + 1)):
         with pytest.raises(SystemExit):
             md.parse(["--ensemble", bad])
+
+
+def test_test_selected_score_is_the_best_threshold_accuracy() -> None:
+    split = md.make_split(_table(60, "classification"), None, seed=2)
+    torch.manual_seed(0)
+    net = md.mlp(3, (4,))
+    with torch.no_grad():
+        logits = net(split.x_test)
+    best = max(
+        float(((logits > t).float() == split.y_test).float().mean())
+        for t in torch.linspace(-1.0, 1.0, 101)
+    )
+    got = md.test_selected_score(net, split, "classification")
+    assert got == best
+    assert got >= md.metric(net, split.x_test, split.y_test, "classification", 1.0)
+    reg = md.make_split(_table(), None, seed=2)
+    assert md.test_selected_score(net, reg, "regression") == md.metric(
+        net, reg.x_test, reg.y_test, "regression", reg.y_scale
+    )

@@ -200,6 +200,11 @@ def test_bad_fit_arguments() -> None:
         cg.fit(problem, data, list(problem.model.parameters()), progress=False)
     with pytest.raises(InputValidationError, match=r"fit: problem must be a cg\.DerivativeProblem"):
         cg.fit(problem.model, data, opt, progress=False)
+    with pytest.raises(
+        InputValidationError,
+        match=r"backward must be a function \(tensor\) -> None or None \(got str\)",
+    ):
+        cg.Trainer(problem, opt, backward="manual")  # type: ignore[arg-type]
 
 
 def test_non_scalar_loss_is_named() -> None:

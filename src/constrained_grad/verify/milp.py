@@ -54,10 +54,12 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy.linalg import block_diag
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_matrix
 
 from constrained_grad.errors import CertificationError, InputValidationError
+from constrained_grad.models import Ensemble
 from constrained_grad.verify._box import BoundLike, Box, make_box
 
 Status = Literal["certified", "violated", "unknown"]
@@ -66,7 +68,8 @@ Mode = Literal["optimize", "decide"]
 
 SUPPORTED_LAYERS = (
     "nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Flatten (start_dim=1) and nn.Dropout "
-    "in eval mode, inside (nested) nn.Sequential"
+    "in eval mode, inside (nested) nn.Sequential; or a cg.Ensemble of such networks of equal "
+    "depth"
 )
 
 
@@ -112,6 +115,8 @@ def parse_network(model: torch.nn.Module, n_inputs: int, *, who: str = "milp") -
             f"{who}: model must be a torch.nn.Module (got {type(model).__name__}). Wrap it in "
             f"nn.Sequential of {SUPPORTED_LAYERS}."
         )
+    if isinstance(model, Ensemble):
+        return _parse_ensemble(model, n_inputs, who)
     layers: list[_Layer] = []
     width = n_inputs
     for path, m in _flatten_modules(model, ""):
@@ -160,6 +165,54 @@ def parse_network(model: torch.nn.Module, n_inputs: int, *, who: str = "milp") -
             "nothing to certify; supported layers: " + SUPPORTED_LAYERS + "."
         )
     return layers
+
+
+def _parse_ensemble(model: Ensemble, n_inputs: int, who: str) -> list[_Layer]:
+    """An :class:`~constrained_grad.Ensemble` as ONE network with block-diagonal layers:
+
+    first affine ``[W_1; ...; W_K]`` (members side by side on the shared input), hidden
+    affines ``diag(W_1, ..., W_K)``, last affine ``[w_1 W_1, ..., w_K W_K]`` with bias
+    ``b + sum_k w_k b_k``. Exact (same function) when the members have the same sequence of
+    affine and activation layers (widths may differ)."""
+    parts = [
+        parse_network(m, n_inputs, who=f"{who}: ensemble member {k}")
+        for k, m in enumerate(model.members)
+    ]
+
+    def shape(layers: list[_Layer]) -> list[str]:
+        return ["affine" if isinstance(x, _Affine) else f"act({x.slope:g})" for x in layers]
+
+    first = shape(parts[0])
+    for k, layers in enumerate(parts[1:], start=1):
+        if shape(layers) != first:
+            raise CertificationError(
+                f"{who}: ensemble member {k} has layers {shape(layers)} but member 0 has "
+                f"{first}. The certifier encodes an Ensemble as one block-diagonal network, "
+                "which needs the same depth and activations in every member; certify the "
+                "members one by one instead (a positive combination of monotone members is "
+                "monotone)."
+            )
+    affine_at = [i for i, kind in enumerate(first) if kind == "affine"]
+    w = model.weights
+    out: list[_Layer] = []
+    for i, layer in enumerate(parts[0]):
+        if not isinstance(layer, _Affine):
+            out.append(layer)
+            continue
+        blocks = [layers[i] for layers in parts]
+        assert all(isinstance(x, _Affine) for x in blocks)
+        ws = [x.weight for x in blocks if isinstance(x, _Affine)]
+        bs = [x.bias for x in blocks if isinstance(x, _Affine)]
+        if i == affine_at[-1]:  # output layer: the weighted sum of the members
+            last = [wk * m for wk, m in zip(w, ws, strict=True)]
+            weight = np.hstack(last) if len(affine_at) > 1 else np.sum(last, axis=0)
+            bias = model.bias + np.sum([wk * b for wk, b in zip(w, bs, strict=True)], axis=0)
+        elif i == affine_at[0]:  # input layer: every member reads the same input
+            weight, bias = np.vstack(ws), np.concatenate(bs)
+        else:
+            weight, bias = block_diag(*ws), np.concatenate(bs)
+        out.append(_Affine(weight, bias))
+    return out
 
 
 def _forward_numpy(layers: list[_Layer], x: np.ndarray) -> np.ndarray:
