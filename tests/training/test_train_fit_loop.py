@@ -278,6 +278,7 @@ def test_skip_drops_the_bad_step_as_if_the_batch_were_absent() -> None:
     with_bad = [data[0], bad, data[2], data[3]]
     without = [data[0], data[2], data[3]]
     runs = []
+    seen: dict[str, list[tuple[int, float]]] = {"skip": [], "raise": []}
     for batches, mode in ((with_bad, "skip"), (without, "raise")):
         problem = _mono_problem(mlp(3, 2, hidden=8, seed=1))
         result = cg.fit(
@@ -288,8 +289,14 @@ def test_skip_drops_the_bad_step_as_if_the_batch_were_absent() -> None:
             epochs=2,
             on_nonfinite=mode,
             progress=False,
+            callbacks=[lambda info, m=mode: seen[m].append((info.step, info.loss))],
+            eval_fn=lambda model, m=mode: {"calls": float(len(seen[m]))},
+            eval_every=2,
         )
         runs.append((problem, result))
+    # callbacks and evaluations see the steps that happened, never the skipped ones
+    assert seen["skip"] == seen["raise"] and len(seen["skip"]) == 6
+    assert runs[0][1].history.evals == runs[1][1].history.evals
     (p_skip, r_skip), (p_ref, r_ref) = runs
     assert r_skip.extras["skipped_steps"] == 2 and r_ref.extras["skipped_steps"] == 0
     assert r_skip.steps == 6 and r_skip.history.steps == list(range(6))

@@ -450,7 +450,8 @@ def fit(
         device: move the model and multipliers there first (batches follow).
         on_nonfinite: ``"raise"`` (default) a :class:`~constrained_grad.errors.NonFiniteError`
             naming the quantity and step (after checkpointing the last good state), or
-            ``"skip"`` the step.
+            ``"skip"`` the step: no update, no history row, no callback or evaluation (counted
+            in ``FitResult.extras["skipped_steps"]``).
         history: continue an existing history.
         checkpoint_dir: folder for ``checkpoint.pt``, written atomically every
             ``checkpoint_every`` steps, at the end, on interruption and before raising on a
@@ -614,6 +615,7 @@ def fit(
             seen = skip_batches
             for batch in iterator:
                 seen += 1
+                skipped = trainer.skipped
                 try:
                     row = trainer.step(batch, epoch)
                 except NonFiniteError:
@@ -621,6 +623,10 @@ def fit(
                         save()  # the state before the failed step is intact
                     raise
                 position["batch_in_epoch"] = seen
+                if trainer.skipped > skipped:  # on_nonfinite="skip": no step, nothing logged,
+                    if bar is not None:  # so no eval, checkpoint, callback or stop rule either
+                        bar.update(1)
+                    continue
                 worst = max((row[i] for i in idx_max), default=float("nan"))
                 if bar is not None:
                     bar.update(1)
