@@ -551,12 +551,13 @@ def train(
     return Trained(model, final, best is not None, time.perf_counter() - t0, oracle)
 
 
-def check(
+def search_box(
     model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace, seed: int
-) -> tuple[float | None, bool | None, float]:
-    """Verify monotonicity over the data box: (max violation, certified, MILP seconds)."""
+) -> Any:
+    """Sobol' sampling + adversarial search for a monotonicity violation over the data box
+    (``--verify-samples``, ``--verify-starts``, ``--verify-steps``): the monotone report."""
     con = cg.Monotonic(table.monotone, table.direction, name="monotone")
-    found = cg.verify(
+    return cg.verify(
         model,
         [con],
         split.box,
@@ -565,8 +566,15 @@ def check(
         steps=cfg.verify_steps,
         certify=False,
         seed=seed,
-    )
-    r = found["monotone"]
+    )["monotone"]
+
+
+def check(
+    model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace, seed: int
+) -> tuple[float | None, bool | None, float]:
+    """Verify monotonicity over the data box: (max violation, certified, MILP seconds)."""
+    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
+    r = search_box(model, table, split, cfg, seed)
     if r.status == "violated":  # confirmed by autograd; no MILP needed
         return r.max_violation, False, 0.0
     proof = cg.verify(
@@ -659,17 +667,7 @@ def check_ensemble(
     member is MILP-certified (a positive combination of monotone functions is monotone)."""
     if method == "lmn":  # every member monotone by construction
         return None, None, None
-    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
-    found = cg.verify(
-        ens,
-        [con],
-        split.box,
-        samples=cfg.verify_samples,
-        starts=cfg.verify_starts,
-        steps=cfg.verify_steps,
-        certify=False,
-        seed=seed,
-    )["monotone"]
+    found = search_box(ens, table, split, cfg, seed)
     if found.status == "violated":
         return found.max_violation, False, 0.0
     certs = []
