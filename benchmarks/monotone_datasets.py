@@ -400,9 +400,15 @@ def feed(source: Any, points: list[list[float]]) -> None:
 
 
 def certify_box(
-    model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace, seed: int = 0
+    model: nn.Module,
+    table: Table,
+    split: Split,
+    cfg: argparse.Namespace,
+    seed: int = 0,
+    time_limit: float | None = None,
 ) -> Any:
-    """The exact MILP over the box (``--select-time-limit`` per MILP): the monotone report."""
+    """The exact MILP over the box (``time_limit`` seconds per MILP, default
+    ``--select-time-limit``): the monotone report."""
     con = cg.Monotonic(table.monotone, table.direction, name="monotone")
     rep = cg.verify(
         model,
@@ -411,7 +417,7 @@ def certify_box(
         samples=0,
         adversarial=False,
         certify="auto",
-        time_limit=cfg.select_time_limit,
+        time_limit=cfg.select_time_limit if time_limit is None else time_limit,
         seed=seed,
     )["monotone"]
     model.train()
@@ -573,20 +579,10 @@ def check(
     model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace, seed: int
 ) -> tuple[float | None, bool | None, float]:
     """Verify monotonicity over the data box: (max violation, certified, MILP seconds)."""
-    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
     r = search_box(model, table, split, cfg, seed)
     if r.status == "violated":  # confirmed by autograd; no MILP needed
         return r.max_violation, False, 0.0
-    proof = cg.verify(
-        model,
-        [con],
-        split.box,
-        samples=0,
-        adversarial=False,
-        certify="auto",
-        time_limit=cfg.time_limit,
-        seed=seed,
-    )["monotone"]
+    proof = certify_box(model, table, split, cfg, seed, time_limit=cfg.time_limit)
     secs = sum(m.seconds for m in proof.methods if m.method == "milp")
     viol = max(v for v in (r.max_violation, proof.max_violation) if v is not None)
     return viol, {"certified": True, "violated": False}.get(proof.status), secs
