@@ -68,10 +68,16 @@ class Ensemble(nn.Module):
         self.bias = float(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bias
-        for w, member in zip(self.weights, self.members, strict=True):
-            out = out + w * member(x)
-        assert isinstance(out, torch.Tensor)
+        outs = [member(x) for member in self.members]
+        shapes = [tuple(o.shape) for o in outs]
+        if len(set(shapes)) > 1:  # a sum would broadcast silently
+            raise InputValidationError(
+                f"Ensemble: members give outputs of different shapes (got {shapes}). Every "
+                "member must map the input to the same output shape."
+            )
+        out = outs[0] * self.weights[0] + self.bias
+        for w, o in zip(self.weights[1:], outs[1:], strict=True):
+            out = out + w * o
         return out
 
     def extra_repr(self) -> str:

@@ -109,3 +109,10 @@ def test_bad_ensembles_are_named() -> None:
     with pytest.raises(CertificationError, match=r"ensemble member 1: layer 1 \(Tanh\)"):
         odd = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).double()
         cg.certify_monotonic(cg.Ensemble([a, odd]), [-1, -1], [1, 1], inputs=0)
+    wide = relu_mlp([2, 3, 2], 2)
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    shapes = r"outputs of different shapes .*\(4, 1\), \(4, 2\)"
+    with pytest.raises(InputValidationError, match=shapes):
+        cg.Ensemble([a, wide])(x)
+    with pytest.raises(CertificationError, match=r"different numbers of outputs \(got \[1, 2\]\)"):
+        cg.certify_monotonic(cg.Ensemble([a, wide]), [-1, -1], [1, 1], inputs=0)

@@ -193,6 +193,12 @@ def _parse_ensemble(model: Ensemble, n_inputs: int, who: str) -> list[_Layer]:
                 "monotone)."
             )
     affine_at = [i for i, kind in enumerate(first) if kind == "affine"]
+    widths = [layers[affine_at[-1]].weight.shape[0] for layers in parts]  # type: ignore[union-attr]
+    if len(set(widths)) > 1:
+        raise CertificationError(
+            f"{who}: ensemble members have different numbers of outputs (got {widths}). "
+            "Every member must give the same outputs."
+        )
     w = model.weights
     out: list[_Layer] = []
     for i, layer in enumerate(parts[0]):
