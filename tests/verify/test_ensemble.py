@@ -46,11 +46,16 @@ def test_forward_is_the_weighted_sum() -> None:
 @pytest.mark.parametrize(
     ("sizes", "seed"), [([3, 4, 1], 0), ([3, 6, 5, 2], 1), ([3, 1], 2), ([3, 8, 8, 8, 1], 3)]
 )
-def test_block_diagonal_encoding_computes_the_ensemble(sizes: list[int], seed: int) -> None:
+@pytest.mark.parametrize("trailing_relu", [False, True])
+def test_block_diagonal_encoding_computes_the_ensemble(
+    sizes: list[int], seed: int, trailing_relu: bool
+) -> None:
     # members of equal depth but different widths: the encoding must be the same function
     members = [relu_mlp(sizes, seed)]
     wider = [sizes[0]] + [w + 3 for w in sizes[1:-1]] + [sizes[-1]]
     members.append(relu_mlp(wider, seed + 10))
+    if trailing_relu:  # the sum comes after each member's own last activation
+        members = [nn.Sequential(m, nn.ReLU()) for m in members]
     ens = cg.Ensemble(members, weights=[0.3, 1.7], bias=0.4)
     layers = parse_network(ens, 3)
     x = torch.rand(50, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -170,10 +170,10 @@ def parse_network(model: torch.nn.Module, n_inputs: int, *, who: str = "milp") -
 def _parse_ensemble(model: Ensemble, n_inputs: int, who: str) -> list[_Layer]:
     """An :class:`~constrained_grad.Ensemble` as ONE network with block-diagonal layers:
 
-    first affine ``[W_1; ...; W_K]`` (members side by side on the shared input), hidden
-    affines ``diag(W_1, ..., W_K)``, last affine ``[w_1 W_1, ..., w_K W_K]`` with bias
-    ``b + sum_k w_k b_k``. Exact (same function) when the members have the same sequence of
-    affine and activation layers (widths may differ)."""
+    first affine ``[W_1; ...; W_K]`` (members side by side on the shared input), later
+    affines ``diag(W_1, ..., W_K)``, activations unit-wise as in the members, then one summing
+    affine ``[w_1 I, ..., w_K I]`` with bias ``b``. Exact (same function) when the members
+    have the same sequence of affine and activation layers (widths may differ)."""
     parts = [
         parse_network(m, n_inputs, who=f"{who}: ensemble member {k}")
         for k, m in enumerate(model.members)
@@ -192,32 +192,26 @@ def _parse_ensemble(model: Ensemble, n_inputs: int, who: str) -> list[_Layer]:
                 "members one by one instead (a positive combination of monotone members is "
                 "monotone)."
             )
-    affine_at = [i for i, kind in enumerate(first) if kind == "affine"]
-    widths = [layers[affine_at[-1]].weight.shape[0] for layers in parts]  # type: ignore[union-attr]
+    affines = [[x for x in layers if isinstance(x, _Affine)] for layers in parts]
+    widths = [a[-1].weight.shape[0] for a in affines]
     if len(set(widths)) > 1:
         raise CertificationError(
             f"{who}: ensemble members have different numbers of outputs (got {widths}). "
             "Every member must give the same outputs."
         )
-    w = model.weights
     out: list[_Layer] = []
-    for i, layer in enumerate(parts[0]):
+    n_affine = 0
+    for layer in parts[0]:
         if not isinstance(layer, _Affine):
             out.append(layer)
             continue
-        blocks = [layers[i] for layers in parts]
-        assert all(isinstance(x, _Affine) for x in blocks)
-        ws = [x.weight for x in blocks if isinstance(x, _Affine)]
-        bs = [x.bias for x in blocks if isinstance(x, _Affine)]
-        if i == affine_at[-1]:  # output layer: the weighted sum of the members
-            last = [wk * m for wk, m in zip(w, ws, strict=True)]
-            weight = np.hstack(last) if len(affine_at) > 1 else np.sum(last, axis=0)
-            bias = model.bias + np.sum([wk * b for wk, b in zip(w, bs, strict=True)], axis=0)
-        elif i == affine_at[0]:  # input layer: every member reads the same input
-            weight, bias = np.vstack(ws), np.concatenate(bs)
-        else:
-            weight, bias = block_diag(*ws), np.concatenate(bs)
-        out.append(_Affine(weight, bias))
+        ws = [a[n_affine].weight for a in affines]
+        weight = np.vstack(ws) if n_affine == 0 else block_diag(*ws)
+        out.append(_Affine(weight, np.concatenate([a[n_affine].bias for a in affines])))
+        n_affine += 1
+    eye = np.eye(widths[0])
+    summing = np.hstack([w * eye for w in model.weights])
+    out.append(_Affine(summing, np.full(widths[0], model.bias)))
     return out
 
 
