@@ -467,10 +467,17 @@ class Trained:
 
 
 def train(
-    method: str, table: Table, split: Split, seed: int, conf: Config, cfg: argparse.Namespace
+    method: str,
+    table: Table,
+    split: Split,
+    seed: int,
+    conf: Config,
+    cfg: argparse.Namespace,
+    test_selected: bool = False,
 ) -> Trained | None:
     """Train one model; keep the checkpoint with the best validation score among the eligible
-    ones (constrained: from half of the epochs on, see :func:`eligible`). None: LMN missing."""
+    ones (constrained: from half of the epochs on, see :func:`eligible`). ``test_selected``:
+    also compute the ``--test-selected`` diagnostic. None: LMN missing."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     d = split.x_train.shape[1]
@@ -535,7 +542,7 @@ def train(
                 opt.step()
         if method == "constrained" and cfg.milp_every and (epoch + 1) % cfg.milp_every == 0:
             milp_feedback(model, table, split, source, cfg)
-        if cfg.test_selected and (
+        if test_selected and (
             method != "constrained"
             or certify_box(model, table, split, cfg, seed).status == "certified"
         ):  # diagnostic: nothing is fed back, the training is the same as without it
@@ -635,7 +642,7 @@ def select(
     train_s = 0.0
     oracles: list[float] = []
     for conf in confs:
-        got = train(method, table, split, seed, conf, cfg)
+        got = train(method, table, split, seed, conf, cfg, test_selected=cfg.test_selected)
         if got is None:
             return None
         train_s += got.seconds
