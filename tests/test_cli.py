@@ -75,6 +75,11 @@ def check_common_artefacts(out: Path, steps: int, constraint_names: tuple[str, .
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["steps"] == steps
     assert [c["name"] for c in report["constraints"]] == list(constraint_names)
+    # the training reading in the report is cg.diagnose of the saved history
+    health = cg.diagnose(from_json)
+    assert [c["training"]["status"] for c in report["constraints"]] == [
+        health[n].status for n in constraint_names
+    ]
     markdown = (out / "report.md").read_text(encoding="utf-8")
     for name in constraint_names:
         assert f"`{name}`" in markdown
@@ -91,7 +96,7 @@ def test_demo_in_process_writes_every_artefact(auto_mpg_run: tuple[Path, str]) -
     for name in PD_FILES:
         assert mpimg.imread(out / name).shape[0] > 100
     assert report["scenario"] == "auto-mpg" and report["seed"] == 0
-    for line in ("test MSE", "max violation found", str(out.resolve())):
+    for line in ("test MSE", "max violation found", "multipliers", str(out.resolve())):
         assert line in printed
 
 

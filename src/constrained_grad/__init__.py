@@ -44,9 +44,11 @@ from constrained_grad.derivatives import (
     second_derivatives,
 )
 from constrained_grad.history import (
+    ConstraintHealth,
     CSVLogger,
     History,
     TensorBoardLogger,
+    diagnose,
     plot_history,
     plot_partial_dependence,
 )
@@ -73,6 +75,7 @@ __all__ = [
     "Box",
     "CSVLogger",
     "Concave",
+    "ConstraintHealth",
     "Convex",
     "Counterexamples",
     "Custom",
@@ -102,6 +105,7 @@ __all__ = [
     "certify_derivative_sign",
     "certify_monotonic",
     "derivatives",
+    "diagnose",
     "errors",
     "fit",
     "input_gradient",

@@ -1,9 +1,18 @@
 """Plain, detached records of a training run, and their plots (matplotlib lives in plots)."""
 
+from constrained_grad.history.health import ConstraintHealth, diagnose
 from constrained_grad.history.loggers import CSVLogger, TensorBoardLogger
 from constrained_grad.history.record import History
 
-__all__ = ["CSVLogger", "History", "TensorBoardLogger", "plot_history", "plot_partial_dependence"]
+__all__ = [
+    "CSVLogger",
+    "ConstraintHealth",
+    "History",
+    "TensorBoardLogger",
+    "diagnose",
+    "plot_history",
+    "plot_partial_dependence",
+]
 
 
 def plot_history(*args, **kwargs):

@@ -134,6 +134,10 @@ class Trainer:
         self.on_nonfinite = on_nonfinite
         self.names = list(problem.specs)
         self.history = history if history is not None else History(self.names)
+        # how diagnose() reads each constraint (signed equalities vs inequalities)
+        self.history.meta.setdefault(
+            "constraint_kinds", {n: c.effective_kind for n, c in problem.specs.items()}
+        )
         self.step_count = len(self.history)
         self.skipped = 0
         self.state_consistent = True  # False after a failure between primal and dual updates
