@@ -2,8 +2,9 @@ r"""Monotone regression and classification on public datasets, with verification
 
 Datasets (``/work/shared/datasets``, see its README): Auto-MPG (regression, mpg decreasing in
 displacement, horsepower, weight; metric test MSE in mpg²), Heart (classification, risk
-increasing in ``trestbps`` and ``chol``; accuracy) and COMPAS (classification, recidivism
-increasing in the four count features; accuracy).
+increasing in ``trestbps`` and ``chol``; accuracy; the nominal codes cp, restecg, slope, ca
+and thal one-hot encoded unless ``--heart-encoding ordinal``) and COMPAS (classification,
+recidivism increasing in the four count features; accuracy).
 
 Protocols:
 
@@ -52,6 +53,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import itertools
 import json
 import statistics
@@ -97,6 +99,9 @@ HEART_FEATURES = [
     "ca",
     "thal",
 ]
+# nominal codes (chest-pain type, rest ECG, ST slope, vessel count, thal): one-hot by default
+HEART_NOMINAL = ["cp", "restecg", "slope", "ca", "thal"]
+HEART_ENCODINGS = ("onehot", "ordinal")
 COMPAS_COUNTS = ["priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"]
 FOLDS = 5  # train part cut into 5: one fold validates, 4 train
 COMPAS_RACES = ["African-American", "Asian", "Caucasian", "Hispanic", "Native American", "Other"]
@@ -143,13 +148,47 @@ def load_auto_mpg(part: str | None = None) -> Table:
     return _table(rows, MPG_FEATURES, "mpg", mono, "decreasing", "regression")
 
 
-def load_heart(part: str | None = None) -> Table:
-    """Both files stacked (``part=None``) or the COMET ``"train"``/``"test"`` file."""
+def load_heart(part: str | None = None, encoding: str = "onehot") -> Table:
+    """Both files stacked (``part=None``) or the COMET ``"train"``/``"test"`` file.
+
+    ``encoding="onehot"``: :data:`HEART_NOMINAL` one-hot over the codes seen in either file
+    (the code vocabulary only, no labels), so train and test files get the same columns;
+    ``"ordinal"``: the raw integer codes, as in the files."""
+    if encoding not in HEART_ENCODINGS:
+        raise ValueError(
+            f"load_heart: encoding must be one of {HEART_ENCODINGS} (got {encoding!r})"
+        )
     parts = ["train", "test"] if part is None else [part]
     rows = [r for p in parts for r in _read(DATA_DIR / f"heart_{p}.csv")]
-    return _table(
-        rows, HEART_FEATURES, "target", ["trestbps", "chol"], "increasing", "classification"
-    )
+    mono = ["trestbps", "chol"]
+    table = _table(rows, HEART_FEATURES, "target", mono, "increasing", "classification")
+    if encoding == "ordinal":
+        return table
+    vocab = [r for p in ("train", "test") for r in _read(DATA_DIR / f"heart_{p}.csv")]
+    codes = {n: sorted({float(r[n]) for r in vocab}) for n in HEART_NOMINAL}
+    return one_hot(table, codes)
+
+
+def one_hot(table: Table, codes: dict[str, list[float]]) -> Table:
+    """``table`` with each feature named in ``codes`` replaced, in place, by one 0/1 column
+    per listed code (``"name=code"``); monotone indices follow their features."""
+    missing = sorted(set(codes) - set(table.names))
+    if missing:
+        raise ValueError(f"one_hot: no such features {missing} (have {table.names})")
+    if any(table.names[j] in codes for j in table.monotone):
+        raise ValueError("one_hot: a monotone feature cannot be one-hot encoded")
+    cols: list[np.ndarray] = []
+    names: list[str] = []
+    for j, name in enumerate(table.names):
+        if name not in codes:
+            cols.append(table.x[:, j])
+            names.append(name)
+            continue
+        for code in codes[name]:
+            cols.append((table.x[:, j] == code).astype(np.float64))
+            names.append(f"{name}={code:g}")
+    monotone = [names.index(table.names[j]) for j in table.monotone]
+    return Table(np.column_stack(cols), table.y, names, monotone, table.direction, table.task)
 
 
 def load_compas() -> Table:
@@ -686,11 +725,12 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
     """Every seed and method: select on validation over the grid, then test once; with
     ``--ensemble K``, K − 1 more members at the selected grid point, one per remaining fold of
     the train part (each member picks its checkpoint on its own fold), averaged."""
+    heart = functools.partial(load_heart, encoding=cfg.heart_encoding)
     if protocol == "comet":
-        loader = load_auto_mpg if dataset == "auto-mpg" else load_heart
+        loader = load_auto_mpg if dataset == "auto-mpg" else heart
         train_t, test_t = loader("train"), loader("test")
     else:
-        train_t = {"auto-mpg": load_auto_mpg, "heart": load_heart, "compas": load_compas}[dataset]()
+        train_t = {"auto-mpg": load_auto_mpg, "heart": heart, "compas": load_compas}[dataset]()
         test_t = None
     metric_name = "test_mse_mpg2" if train_t.task == "regression" else "test_accuracy"
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -775,7 +815,14 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
                 test_selected=None,
                 **common,
             )
-    return [summarise(dataset, protocol, m, rows) for m, rows in runs.items()]
+    records = [summarise(dataset, protocol, m, rows) for m, rows in runs.items()]
+    for rec in records:
+        rec["features"] = (
+            f"{len(train_t.names)} ({cfg.heart_encoding})"
+            if dataset == "heart"
+            else str(len(train_t.names))
+        )
+    return records
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
@@ -932,6 +979,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="DIAGNOSTIC: also report the published protocol's number (best test score over "
         "epochs, grid points and, for accuracy, thresholds; constrained: MILP-certified epochs "
         "only). Never used for selection; costs one MILP per epoch",
+    )
+    p.add_argument(
+        "--heart-encoding",
+        choices=HEART_ENCODINGS,
+        default="onehot",
+        help="Heart's nominal features (cp, restecg, slope, ca, thal): one 0/1 column per "
+        "code (default) or the raw integer codes",
     )
     p.add_argument("--json", type=Path, default=None)
     cfg = p.parse_args(argv)

@@ -132,3 +132,30 @@ def test_test_selected_score_is_the_best_threshold_accuracy() -> None:
     assert md.test_selected_score(net, reg, "regression") == md.metric(
         net, reg.x_test, reg.y_test, "regression", reg.y_scale
     )
+
+
+def test_one_hot_replaces_nominal_columns_and_follows_the_monotone_features() -> None:
+    x = torch.tensor(
+        [[1.0, 3.0, 10.0, 0.5], [2.0, 1.0, 20.0, 0.7], [1.0, 2.0, 30.0, 0.9]],
+        dtype=torch.float64,
+    ).numpy()
+    table = md.Table(x, x[:, 0] * 0, ["a", "kind", "m", "b"], [2], "increasing", "regression")
+    out = md.one_hot(table, {"kind": [1.0, 2.0, 3.0, 4.0]})
+    assert out.names == ["a", "kind=1", "kind=2", "kind=3", "kind=4", "m", "b"]
+    assert [out.names[j] for j in out.monotone] == ["m"]
+    onehot = out.x[:, 1:5]
+    assert (onehot.sum(1) == 1).all()  # one code per row; code 4 never seen: a zero column
+    assert onehot[:, 3].sum() == 0
+    assert onehot.argmax(1).tolist() == [2, 0, 1]  # codes 3, 1, 2
+    assert (out.x[:, [0, 5, 6]] == x[:, [0, 2, 3]]).all()  # other columns untouched, in order
+    with pytest.raises(ValueError, match="no such features"):
+        md.one_hot(table, {"nope": [1.0]})
+    with pytest.raises(ValueError, match="monotone feature"):
+        md.one_hot(table, {"m": [10.0]})
+
+
+def test_heart_encoding_option() -> None:
+    assert md.parse([]).heart_encoding == "onehot"
+    assert md.parse(["--heart-encoding", "ordinal"]).heart_encoding == "ordinal"
+    with pytest.raises(SystemExit):
+        md.parse(["--heart-encoding", "binary"])
