@@ -17,6 +17,7 @@ import torch
 from matplotlib.figure import Figure
 
 from constrained_grad.errors import InputValidationError
+from constrained_grad.history.health import diagnose as cg_diagnose
 from constrained_grad.history.plots import (
     partial_dependence,
     plot_history,
@@ -94,6 +95,19 @@ def test_history_plot_draws_exactly_the_recorded_series():
         assert ax.get_legend() is not None and ax.get_title()
     assert ax_viol.get_xlabel() == "step"
     assert fig.get_suptitle() == "Training history"
+
+
+def test_multiplier_legend_title_gives_the_diagnosis():
+    h = make_history()
+    expected = {n: r.status for n, r in cg_diagnose(h).items()}
+    title = plot_history(h).axes[1].get_legend().get_title().get_text()
+    assert title == "last half (cg.diagnose): " + ", ".join(
+        f"{n}: {expected[n]}" for n in h.constraint_names
+    )
+    # a run too short to judge gets no title rather than "too-short" for every constraint
+    short = History(["c"])
+    short.log_step(0, 0, 0.0, [1.0, 1.0, 0.1, 0.2, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5])
+    assert plot_history(short).axes[1].get_legend().get_title().get_text() == ""
 
 
 def test_history_plot_x_axis_subset_and_log():

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure, SubFigure
 
 from constrained_grad.derivatives import jacobian_columns
 from constrained_grad.errors import InputValidationError
+from constrained_grad.history.health import diagnose
 from constrained_grad.history.record import History, atomic_writer
 from constrained_grad.parallel import is_main_process
 
@@ -127,7 +128,8 @@ def plot_history(
     * ``"loss"``: ``loss`` (if any was recorded) and ``lagrangian``.
     * ``"multipliers"``: per constraint a line ``"{name} mean multiplier"``, and a shaded
       band ``"{name} multiplier min–max"`` when the constraint has several multipliers
-      that differ.
+      that differ; the legend title gives each constraint's :func:`diagnose` status
+      (``runaway``, ``satisfied``, ...) once the run is long enough to judge.
     * ``"violations"``: per constraint ``"{name} max violation"`` (solid) and
       ``"{name} mean violation"`` (dashed), with the feasibility line at 0.
 
@@ -186,8 +188,13 @@ def plot_history(
     colors = _colors()
     color_of = {n: colors[all_names.index(n) % len(colors)] for n in names}
 
+    try:
+        status = {n: h.status for n, h in diagnose(history).items()}
+    except InputValidationError:  # e.g. unreadable constraint kinds in a loaded history's meta
+        status = {}
     for panel, a in zip(panels, axs, strict=True):
         drawn: list[np.ndarray] = []
+        legend_title = None
         if panel == "loss":
             loss = np.asarray(history.column("loss"), dtype=float)
             lag = np.asarray(history.column("lagrangian"), dtype=float)
@@ -220,6 +227,9 @@ def plot_history(
                     drawn.extend([lo, hi])
             a.set_title("Lagrange multipliers")
             a.set_ylabel("multiplier")
+            read = [f"{n}: {status[n]}" for n in names if status.get(n, "too-short") != "too-short"]
+            if read:
+                legend_title = "last half (cg.diagnose): " + ", ".join(read)
         else:
             for n in names:
                 s = history.constraint(n)
@@ -242,7 +252,7 @@ def plot_history(
             _set_log_scale(a, drawn if panel != "violations" else [*drawn, np.zeros(1)])
         a.grid(True, alpha=0.3)
         if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize="small", loc="best")
+            a.legend(fontsize="small", loc="best", title=legend_title, title_fontsize="small")
     for a in axs if given is not None else axs[-1:]:
         a.set_xlabel(_X_LABELS[x])
     _save(fig, path, who, dpi)
