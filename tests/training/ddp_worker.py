@@ -55,6 +55,60 @@ def all_reductions_problem(seed: int, device: torch.device):
     return cg.DerivativeProblem(problem.model, torch.nn.functional.mse_loss, constraints, seed=seed)
 
 
+def nan_rank1_index(n: int, per_rank_batch: int, seed: int) -> int:
+    """A sample that rank 1 (of 2) sees in the 4th batch of epoch 0 of the example's loader."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    order = list(DistributedSampler(range(n), num_replicas=2, rank=1, shuffle=True, seed=seed))
+    return order[3 * per_rank_batch]
+
+
+def nan_data(seed: int, index: int):
+    """The example's data with the target of sample ``index`` set to NaN."""
+    from torch.utils.data import TensorDataset
+
+    import constrained_grad as cg
+
+    x, y = load_example().make_data(seed).dataset.tensors
+    y = y.clone()
+    y[index] = float("nan")
+    return cg.with_indices(TensorDataset(x, y))
+
+
+def nan_run(steps: int, rank: int, world: int, loader=None):
+    """``on_nonfinite="skip"`` with a NaN target that only rank 1 holds (or, single process,
+    the global batches of ``loader``): the multipliers after every step and the result."""
+    import constrained_grad as cg
+
+    example = load_example()
+    problem = example.make_problem(0, torch.device("cpu"))
+    if loader is None:
+        data = nan_data(0, nan_rank1_index(example.N_POINTS, 8, 0))
+        loader = example.make_loader(data, 8, 0, rank, world)
+    record: list = []
+
+    def keep(info) -> None:
+        record.append({n: v.clone() for n, v in problem.multiplier_values().items()})
+
+    result = cg.fit(
+        problem,
+        loader,
+        torch.optim.Adam(problem.model.parameters(), lr=1e-2),
+        dual_lr=0.5,
+        epochs=4,
+        steps=steps,
+        callbacks=[keep],
+        progress=False,
+        on_nonfinite="skip",
+    )
+    return {
+        "record": record,
+        "skipped": result.extras["skipped_steps"],
+        "steps": result.history.steps,
+        "weights": {k: v.clone() for k, v in problem.model.state_dict().items()},
+    }
+
+
 def run() -> None:
     records, outputs, steps, resume_at = (
         Path(sys.argv[1]),
@@ -93,6 +147,7 @@ def run() -> None:
     example.make_problem = lambda seed, device: all_reductions_problem(seed, device)
     reductions: list = []
     example.main(steps, None, 0, batch_size=8, record=reductions)
+    nan = nan_run(steps, rank, dist.get_world_size())
     records.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -101,6 +156,7 @@ def run() -> None:
             "metrics": metrics,
             "resumed": resumed_metrics,
             "reductions": reductions,
+            "nan": nan,
         },
         records / f"rank{rank}.pt",
     )

@@ -169,6 +169,33 @@ def test_every_reduction_and_formulation_equals_the_single_process_run(ranks) ->
     assert active == {"mean", "l2", "box_al", "pointwise_al", "one_point"}
 
 
+def test_a_nan_on_one_rank_is_skipped_by_every_rank_like_the_single_process_run(ranks) -> None:
+    """on_nonfinite="skip" with a NaN target held by rank 1 only: the global loss is NaN on
+    both ranks, so both skip the same steps (no rank waits in a collective the other never
+    joins), and the run equals the single-process run over the same global batches."""
+    (r0, r1), _ = ranks
+    sys.path.insert(0, str(HERE))
+    try:
+        from ddp_worker import nan_data, nan_rank1_index, nan_run
+    finally:
+        sys.path.remove(str(HERE))
+    example = load_example()
+    torch.set_num_threads(1)
+    n0, n1 = r0["nan"], r1["nan"]
+    assert n0["skipped"] == n1["skipped"] >= 1
+    assert n0["steps"] == n1["steps"] and len(n0["steps"]) == len(n0["record"])
+    for m0, m1 in zip(n0["record"], n1["record"], strict=True):
+        for name in m0:
+            assert torch.equal(m0[name], m1[name]), name
+    data = nan_data(0, nan_rank1_index(example.N_POINTS, PER_RANK_BATCH, 0))
+    loader = DataLoader(data, batch_sampler=GlobalBatches(len(data), 2, PER_RANK_BATCH, 0))
+    single = nan_run(STEPS, 0, 1, loader=loader)
+    assert single["skipped"] == n0["skipped"] and single["steps"] == n0["steps"]
+    for key, w in single["weights"].items():
+        assert torch.isfinite(w).all(), key
+        torch.testing.assert_close(w, n0["weights"][key], rtol=1e-9, atol=1e-10)
+
+
 def test_only_rank_0_writes_files(ranks) -> None:
     _, outputs = ranks
     assert not (outputs / "rank1").exists()
