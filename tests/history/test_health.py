@@ -41,6 +41,9 @@ def test_each_status_from_its_defining_series():
     assert _status(_history([0.05] * n, rising)) == "runaway"
     # flat positive violation, steady multiplier (e.g. a fixed penalty): violated
     assert _status(_history([0.05] * n, [2.0] * n)) == "violated"
+    # ... and with a zero multiplier the message points at the reduction the dual sees
+    zero = cg.diagnose(_history([0.05] * n, [0.0] * n))["c"]
+    assert zero.status == "violated" and "worst point" in zero.message
     nan_step = [0.05] * n
     nan_step[-3] = math.nan
     assert _status(_history(nan_step, [2.0] * n)) == "non-finite"

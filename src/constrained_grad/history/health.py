@@ -19,8 +19,9 @@ satisfied      :math:`v_{end} \le` tol
 converging     :math:`v_{end} >` tol but falling (:math:`v_{end} < v_{start}/2`)
 runaway        :math:`v_{end} >` tol, not falling, and :math:`m` rose by at least
                ``growth`` of its end value
-violated       :math:`v_{end} >` tol, not falling, :math:`m` steady (a fixed penalty, or
-               loss and multiplier in balance with the constraint still broken)
+violated       :math:`v_{end} >` tol, not falling, :math:`m` steady (a fixed penalty, loss
+               and multiplier in balance with the constraint still broken, or a zero
+               multiplier whose dual sees a mean that is met)
 non-finite     NaN or infinity among the window's violations or multipliers
 too-short      fewer than ``min_steps`` steps in the window
 =============  ==========================================================================
@@ -243,6 +244,14 @@ def _read_one(
             "contradict each other) or the primal step too small to follow. Try a smaller "
             "margin, points nearer the data, or a larger primal learning rate; the growing "
             "weight pulls the fit away from the data.",
+        )
+    if has_multiplier and m1 == 0:
+        return health(
+            "violated",
+            f"still violated at the end with a zero multiplier; {numbers_text}. The dual sees "
+            "an aggregate that is met (e.g. the mean over points for reduction='mean') while "
+            "the worst point is not: use the default reduction='mean_hinge' or 'max' (whose "
+            "dual sees the worst point) or 'pointwise' to enforce every point.",
         )
     return health(
         "violated",
