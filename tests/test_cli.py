@@ -286,3 +286,61 @@ def test_demo_as_subprocess(tmp_path: Path) -> None:
         check=False,
     )
     assert probe.returncode == 0, "cli/demo must not import matplotlib at import time"
+
+
+# ------------------------------------------------------------------ diagnose
+def _runaway_history() -> cg.History:
+    """'box' keeps a 0.05 violation while its multiplier climbs; 'data' is met throughout."""
+    h = cg.History(["box", "data"])
+    for k in range(40):
+        lam = 0.1 * k
+        box = [0.0, 0.05, 0.01] + [lam] * 5
+        data = [-0.3, -0.1, 0.0] + [0.0] * 5
+        h.log_step(k, 0, float(k), [1.0, 1.0, *box, *data])
+    return h
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_diagnose_prints_the_reading_and_strict_fails_on_runaway(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = _runaway_history()
+    path = tmp_path / f"history{suffix}"
+    h.save_json(path) if suffix == ".json" else h.save_csv(path)
+    expected = cg.diagnose(h)
+    assert cli.main(["diagnose", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: 40 steps, 2 constraint(s)" in out
+    for health in expected.values():
+        assert str(health) in out
+    assert expected["box"].status == "runaway" and expected["data"].status == "inactive"
+    assert cli.main(["diagnose", str(path), "--strict"]) == 1
+    # a tolerance above the violation makes 'box' met, so --strict passes
+    assert cli.main(["diagnose", str(path), "--strict", "--tolerance", "0.1"]) == 0
+    assert "box: satisfied" in capsys.readouterr().out
+
+
+def test_diagnose_reads_the_demo_history(auto_mpg_run: tuple[Path, str], capsys) -> None:
+    out, _ = auto_mpg_run
+    assert cli.main(["diagnose", str(out / "history.json")]) == 0
+    printed = capsys.readouterr().out
+    for name in AUTO_MPG_CONSTRAINTS:
+        assert f"  {name}: too-short" in printed  # 6 steps are too few to judge
+
+
+def test_diagnose_bad_input_exits_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corrupt = tmp_path / "history.json"
+    corrupt.write_text("{not json", encoding="utf-8")
+    cases = [
+        ([str(tmp_path / "missing.json")], "no such file"),
+        ([str(tmp_path / "history.txt")], "must be a .json or .csv file"),
+        ([str(corrupt)], "cannot read"),
+    ]
+    for argv, message in cases:
+        assert cli.main(["diagnose", *argv]) == 2
+        assert message in capsys.readouterr().err
+    for bad in (["--window", "0"], ["--window", "1.5"], ["--tolerance", "-1"]):
+        assert cli.main(["diagnose", str(corrupt), *bad]) == 2
+        assert "diagnose: error: argument" in capsys.readouterr().err

@@ -1,7 +1,9 @@
-"""Command line: ``constrained-grad demo`` (also ``python -m constrained_grad demo``).
+"""Command line: ``constrained-grad demo`` (also ``python -m constrained_grad demo``) and
+``constrained-grad diagnose HISTORY`` (what each constraint and its multiplier did).
 
 Exit codes: 0 success, 2 bad arguments (unknown option, bad number, unusable ``--out`` or
-``--device``), 1 a failure while running, 130 interrupted.
+``--device``, unreadable history), 1 a failure while running (``diagnose --strict``: some
+constraint ``runaway``, ``violated`` or ``non-finite``), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -76,6 +78,30 @@ def _seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (got {text!r})")
     return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (got {text!r})") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (got {text!r})")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (got {text!r})") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (got {text!r})")
+    return value
+
+
+#: statuses that make ``diagnose --strict`` exit with 1
+FAILING = ("runaway", "violated", "non-finite")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +183,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="also try an exact MILP certificate of monotonicity over the whole box, at most "
         "S seconds per constrained input (ReLU networks; default: 0 = skip)",
     )
+    diag = sub.add_parser(
+        "diagnose",
+        help="read a saved history: what each constraint and its multiplier did",
+        description="Print cg.diagnose's reading of a saved History (history.json or "
+        "history.csv, e.g. from the demo or History.save_json): per constraint one of "
+        "inactive, satisfied, converging, runaway, violated, non-finite, too-short, with the "
+        "numbers and what to try. A CSV file carries no constraint kinds, so exact "
+        "equalities are read as inequalities there; prefer the JSON file.",
+    )
+    diag.add_argument("history", metavar="HISTORY", help="path of history.json or history.csv")
+    diag.add_argument(
+        "--window",
+        type=_fraction,
+        default=0.5,
+        metavar="F",
+        help="fraction of the logged steps, from the end, that is read (default: 0.5)",
+    )
+    diag.add_argument(
+        "--tolerance",
+        type=_non_negative,
+        default=0.0,
+        metavar="T",
+        help="violations up to T count as met (default: 0)",
+    )
+    diag.add_argument(
+        "--strict",
+        action="store_true",
+        help=f"exit with 1 if a constraint reads {', '.join(FAILING)} (for scripts and CI)",
+    )
     return parser
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from constrained_grad.errors import ConstrainedGradError
+    from constrained_grad.history import History, diagnose
+
+    path = Path(args.history)
+    who = f"{PROG} diagnose: error"
+    if path.suffix not in (".json", ".csv"):
+        print(f"{who}: HISTORY must be a .json or .csv file (got {path}).", file=sys.stderr)
+        return 2
+    if not path.is_file():
+        print(f"{who}: no such file {path}. Pass the history.json a run saved.", file=sys.stderr)
+        return 2
+    try:
+        history = History.load_json(path) if path.suffix == ".json" else History.load_csv(path)
+        report = diagnose(history, window=args.window, tolerance=args.tolerance)
+    except (ConstrainedGradError, OSError, ValueError) as err:
+        print(f"{who}: cannot read {path}: {err}", file=sys.stderr)
+        return 2
+    print(f"{path}: {len(history)} steps, {len(report)} constraint(s)")
+    for health in report.values():
+        print(f"  {health}")
+    failing = [n for n, h in report.items() if h.status in FAILING]
+    return 1 if args.strict and failing else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "diagnose":
+        return _diagnose(args)
 
     from constrained_grad.demo import check_device, prepare_out_dir, run_demo
     from constrained_grad.errors import ConstrainedGradError, InputValidationError
