@@ -9,8 +9,10 @@ constraint ``runaway``, ``violated`` or ``non-finite``), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 PROG = "constrained-grad"
 
@@ -50,54 +52,28 @@ def _scenarios_epilog() -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (got {value})")
-    return value
+def _number(
+    convert: Callable[[str], Any], ok: Callable[[Any], bool], wanted: str
+) -> Callable[[str], Any]:
+    """An argparse ``type=``: ``convert`` the text, then require ``ok``; else "expected ..."."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted} (got {text!r})") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted} (got {text!r})")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {text!r})") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {value})")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds (got {text!r})") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (got {text!r})")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (got {text!r})") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (got {text!r})")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (got {text!r})") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (got {text!r})")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_seconds = _number(float, lambda v: 0 <= v < math.inf, "a finite number of seconds >= 0")
+_fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+_non_negative = _number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
 
 #: statuses that make ``diagnose --strict`` exit with 1

@@ -33,12 +33,21 @@ STEPS, RESUME_AT, PER_RANK_BATCH = 24, 10, 8
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is missing")
 
 
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("distributed_training_example", EXAMPLE)
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_example() -> ModuleType:
+    return _load("distributed_training_example", EXAMPLE)
+
+
+def load_worker() -> ModuleType:
+    """The torchrun worker's helpers (the problems and runs the ranks trained)."""
+    return _load("ddp_worker", HERE / "ddp_worker.py")
 
 
 def free_port() -> int:
@@ -141,11 +150,7 @@ def test_every_reduction_and_formulation_equals_the_single_process_run(ranks) ->
     """mean, l2_hinge, max with a quadratic penalty, an augmented Lagrangian on unequal box
     shards, pointwise AL multipliers, and a 1-point source evaluated whole on both ranks."""
     (r0, r1), _ = ranks
-    sys.path.insert(0, str(HERE))
-    try:
-        from ddp_worker import all_reductions_problem
-    finally:
-        sys.path.remove(str(HERE))
+    all_reductions_problem = load_worker().all_reductions_problem
     example = load_example()
     torch.set_num_threads(1)
     data = example.make_data(0)
@@ -174,11 +179,8 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank_like_the_single_process_run(
     both ranks, so both skip the same steps (no rank waits in a collective the other never
     joins), and the run equals the single-process run over the same global batches."""
     (r0, r1), _ = ranks
-    sys.path.insert(0, str(HERE))
-    try:
-        from ddp_worker import nan_data, nan_rank1_index, nan_run
-    finally:
-        sys.path.remove(str(HERE))
+    worker = load_worker()
+    nan_data, nan_rank1_index, nan_run = worker.nan_data, worker.nan_rank1_index, worker.nan_run
     example = load_example()
     torch.set_num_threads(1)
     n0, n1 = r0["nan"], r1["nan"]
