@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="read a saved history: what each constraint and its multiplier did",
         description="Print cg.diagnose's reading of a saved History (history.json or "
         "history.csv, e.g. from the demo or History.save_json): per constraint one of "
-        "inactive, satisfied, converging, runaway, violated, non-finite, too-short, with the "
+        "inactive, satisfied, boundary, converging, runaway, violated, non-finite, too-short, "
+        "with the "
         "numbers and what to try. A CSV file carries no constraint kinds, so exact "
         "equalities are read as inequalities there; prefer the JSON file.",
     )

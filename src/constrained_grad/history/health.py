@@ -15,7 +15,10 @@ of the window (so single noisy steps do not decide):
 status         meaning (:math:`v`: largest violation, :math:`m`: largest multiplier)
 =============  ==========================================================================
 inactive       :math:`v \le` tol at every step and :math:`m = 0`: met without its multiplier
-satisfied      :math:`v_{end} \le` tol
+satisfied      :math:`v_{end} \le` tol, and :math:`v >` tol in at most 10 % of the last
+               fifth's steps
+boundary       :math:`v_{end} \le` tol but :math:`v >` tol in more than 10 % of them: an
+               active constraint held at the boundary by its multiplier
 converging     :math:`v_{end} >` tol but falling (:math:`v_{end} < v_{start}/2`)
 runaway        :math:`v_{end} >` tol, not falling, and :math:`m` rose by at least
                ``growth`` of its end value
@@ -44,9 +47,13 @@ from constrained_grad.history.record import History
 
 __all__ = ["STATUSES", "ConstraintHealth", "diagnose"]
 
+#: ``satisfied`` allows at most this share of violated steps in the last fifth of the window
+BOUNDARY_SHARE = 0.1
+
 STATUSES = (
     "inactive",
     "satisfied",
+    "boundary",
     "converging",
     "runaway",
     "violated",
@@ -228,8 +235,16 @@ def _read_one(
             "inactive",
             f"met at every step with a zero multiplier ({where}): it did not shape the fit there.",
         )
-    if v1 <= tol:
+    late = sum(v > tol for v in viol[-fifth:])
+    if v1 <= tol and late <= BOUNDARY_SHARE * fifth:
         return health("satisfied", f"met at the end; {numbers_text}.")
+    if v1 <= tol:
+        return health(
+            "boundary",
+            f"active, hovering at the boundary: violated in {late} of the last {fifth} steps "
+            f"(median met); {numbers_text}. The multiplier holds it there; whether the final "
+            "model meets it everywhere is for verification (cg.verify).",
+        )
     if v0 > tol and v1 < 0.5 * v0:
         return health(
             "converging",

@@ -229,7 +229,7 @@ def plot_history(
             a.set_ylabel("multiplier")
             read = [f"{n}: {status[n]}" for n in names if status.get(n, "too-short") != "too-short"]
             if read:
-                legend_title = "last half (cg.diagnose): " + ", ".join(read)
+                legend_title = "\n".join(["last half of the run (cg.diagnose):", *read])
         else:
             for n in names:
                 s = history.constraint(n)
