@@ -5,7 +5,10 @@ A domain is the box :math:`\{x : low \le x \le high\}` in :math:`\mathbb{R}^d`, 
 * a *fixed* feature ``i -> v`` is pinned to ``v`` (its box becomes ``[v, v]``; a feature with
   ``low_i == high_i`` is fixed as well);
 * a *categorical* feature ``i -> [v_1, ..., v_K]`` only takes the listed values: samplers draw
-  among them and gradient steps never move it. Its box becomes ``[min_k v_k, max_k v_k]``.
+  among them and gradient steps never move it. Its box becomes ``[min_k v_k, max_k v_k]``;
+* a *one-hot group* ``(i_1, ..., i_K)`` encodes one category: exactly one of its features is
+  at its ``high`` ("on"), the others at their ``low``. Samplers draw the category, gradient
+  steps never move it.
 
 Everything is stored in float64 on the CPU; callers cast to the model's dtype and device.
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from constrained_grad.constraints.domain import OneHotGroups, check_one_hot, one_hot_rows
 from constrained_grad.errors import InputValidationError
 
 BoundLike = torch.Tensor | np.ndarray | Sequence[float]
@@ -32,6 +36,7 @@ class Box:
     high: torch.Tensor  # (d,) float64 cpu
     fixed: dict[int, float] = field(default_factory=dict)
     categorical: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    one_hot: OneHotGroups = ()
 
     @property
     def dim(self) -> int:
@@ -48,23 +53,28 @@ class Box:
 
     @property
     def continuous_free(self) -> list[int]:
-        """Indices that vary continuously: ``low < high`` and not categorical."""
+        """Indices that vary continuously: ``low < high``, not categorical, in no group."""
+        grouped = {i for g in self.one_hot for i in g}
         return [
             i
             for i in range(self.dim)
-            if i not in self.categorical and float(self.high[i]) > float(self.low[i])
+            if i not in self.categorical
+            and i not in grouped
+            and float(self.high[i]) > float(self.low[i])
         ]
 
     @property
     def sampled(self) -> list[int]:
-        """Indices a sampler must draw: the continuous free ones, then the categorical ones."""
-        return self.continuous_free + self.categorical_indices
+        """One per coordinate a sampler must draw: the continuous free features, the
+        categorical ones, then each one-hot group (named by its first feature)."""
+        return self.continuous_free + self.categorical_indices + [g[0] for g in self.one_hot]
 
     def from_unit(self, u: torch.Tensor) -> torch.Tensor:
         """Map ``u`` in ``[0, 1)^{len(sampled)}`` (rows) to points of the domain, float64.
 
         Continuous coordinates are scaled affinely, categorical ones pick value
-        ``floor(u K)`` of their ``K`` allowed values; all other features sit at ``low``.
+        ``floor(u K)`` of their ``K`` allowed values, one-hot groups switch on feature
+        ``floor(u K)`` of their ``K``; all other features sit at ``low``.
         """
         n = u.shape[0]
         x = self.low.unsqueeze(0).expand(n, -1).clone()
@@ -76,10 +86,18 @@ class Box:
             values = torch.tensor(self.categorical[i], dtype=torch.float64)
             k = torch.clamp((u[:, col].to(torch.float64) * len(values)).long(), 0, len(values) - 1)
             x[:, i] = values[k]
+        first = len(cont) + len(self.categorical)
+        picks = [
+            torch.clamp((u[:, first + g].to(torch.float64) * len(group)).long(), 0, len(group) - 1)
+            for g, group in enumerate(self.one_hot)
+        ]
+        for cols, block in one_hot_rows(self.one_hot, self.low, self.high, picks):
+            x[:, cols] = block
         return x
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Clamp ``x`` (rows) into the box and snap categorical features to the nearest value."""
+        """Clamp ``x`` (rows) into the box, snap categorical features to the nearest value and
+        each one-hot group to its most switched-on feature."""
         low = self.low.to(dtype=x.dtype, device=x.device)
         high = self.high.to(dtype=x.dtype, device=x.device)
         x = torch.maximum(torch.minimum(x, high), low)
@@ -87,6 +105,15 @@ class Box:
             values = torch.tensor(vals, dtype=x.dtype, device=x.device)
             nearest = torch.argmin((x[:, i : i + 1] - values).abs(), dim=1)
             x[:, i] = values[nearest]
+        if self.one_hot:
+            low64, high64 = self.low.to(x.device), self.high.to(x.device)
+            picks = []
+            for group in self.one_hot:
+                cols = list(group)
+                level = (x[:, cols].double() - low64[cols]) / (high64[cols] - low64[cols])
+                picks.append(level.argmax(dim=1).cpu())
+            for cols, block in one_hot_rows(self.one_hot, self.low, self.high, picks):
+                x[:, cols] = block.to(dtype=x.dtype, device=x.device)
         return x
 
 
@@ -134,9 +161,10 @@ def make_box(
     *,
     fixed: Mapping[int, float] | None = None,
     categorical: Mapping[int, Sequence[float]] | None = None,
+    one_hot: Sequence[Sequence[int]] | None = None,
     who: str,
 ) -> Box:
-    """Validate ``low``, ``high``, ``fixed`` and ``categorical`` into a :class:`Box`.
+    """Validate ``low``, ``high``, ``fixed``, ``categorical`` and ``one_hot`` into a :class:`Box`.
 
     Raises :class:`~constrained_grad.errors.InputValidationError` on wrong shapes, non-finite
     values, ``low > high``, bad indices, empty or non-finite categorical value lists, and a
@@ -195,4 +223,5 @@ def make_box(
         cat_out[i] = vals
         lo[i] = vals[0]
         hi[i] = vals[-1]
-    return Box(low=lo, high=hi, fixed=fixed_out, categorical=cat_out)
+    groups = check_one_hot(one_hot, lo, hi, set(fixed_out) | set(cat_out), who)
+    return Box(low=lo, high=hi, fixed=fixed_out, categorical=cat_out, one_hot=groups)

@@ -108,6 +108,7 @@ class Counterexamples(PointSource):
             seed=self.seed + self.rounds,
             fixed=self.domain.fixed or None,
             categorical=self.domain.categorical or None,
+            one_hot=self.domain.one_hot or None,
             init_points=init,
             device=device,
             dtype=dtype,

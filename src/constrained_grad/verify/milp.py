@@ -470,9 +470,17 @@ def _unstable(e: _Entry) -> bool:
 def _encode(layers: list[_Layer], box: Box, input_index: int, tighten: Tighten) -> _Encoding:
     builder = _Builder()
     h: list[_Entry] = []
+    # one-hot group: one binary per feature, exactly one on; x_i = low_i + (high_i - low_i) z_i
+    switch: dict[int, int] = {}
+    for group in box.one_hot:
+        picks = [builder.var(0.0, 1.0, binary=True) for _ in group]
+        builder.add(dict.fromkeys(picks, 1.0), 1.0, 1.0)
+        switch.update(zip(group, picks, strict=True))
     for i in range(box.dim):
         lo, hi = float(box.low[i]), float(box.high[i])
-        if i in box.categorical and len(box.categorical[i]) > 1:
+        if i in switch:
+            h.append(_Entry({switch[i]: hi - lo}, lo, lo, hi))
+        elif i in box.categorical and len(box.categorical[i]) > 1:
             values = box.categorical[i]
             x = builder.var(lo, hi)
             picks = [builder.var(0.0, 1.0, binary=True) for _ in values]
@@ -963,9 +971,10 @@ def _prepare(
     high: BoundLike,
     fixed: Mapping[int, float] | None,
     categorical: Mapping[int, Sequence[float]] | None,
+    one_hot: Sequence[Sequence[int]] | None,
     who: str,
 ) -> _Prepared:
-    box = make_box(low, high, fixed=fixed, categorical=categorical, who=who)
+    box = make_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
     layers = parse_network(model, box.dim, who=who)
     oracle = _AutogradOracle(model)
     # the layer list must be what the model computes (a subclass may override forward)
@@ -993,6 +1002,7 @@ def certify_derivative_sign(
     time_limit: float | None = None,
     fixed: Mapping[int, float] | None = None,
     categorical: Mapping[int, Sequence[float]] | None = None,
+    one_hot: Sequence[Sequence[int]] | None = None,
     tol: float = 1e-6,
     tighten: Tighten = "ibp",
     mode: Mode = "decide",
@@ -1011,6 +1021,9 @@ def certify_derivative_sign(
         fixed: ``{index: value}`` features pinned to a value.
         categorical: ``{index: [values]}`` features restricted to a finite set (one binary
             per value).
+        one_hot: groups of features encoding one category, exactly one at its ``high`` and
+            the others at their ``low`` (one binary per feature, their sum 1); see
+            :class:`~constrained_grad.Box`.
         tol: absolute tolerance: certified means ``derivative >= lower - tol`` everywhere;
             violated means autograd finds ``derivative < lower - tol`` at the counterexample.
         tighten: ``"ibp"`` (interval bounds) or ``"lp"`` (also LP-relaxation bounds on
@@ -1050,7 +1063,7 @@ def certify_derivative_sign(
             f"{who}: time_limit must be a positive number of seconds or None (got "
             f"{time_limit!r}). Pass e.g. time_limit=60."
         )
-    prep = _prepare(model, low, high, fixed, categorical, who)
+    prep = _prepare(model, low, high, fixed, categorical, one_hot, who)
     j = _check_index(input_index, prep.box.dim, "input_index", who)
     i = _check_index(output_index, prep.n_outputs, "output_index", who)
     return _certify_pair(
@@ -1140,6 +1153,7 @@ def certify_monotonic(
     time_limit: float | None = None,
     fixed: Mapping[int, float] | None = None,
     categorical: Mapping[int, Sequence[float]] | None = None,
+    one_hot: Sequence[Sequence[int]] | None = None,
     tol: float = 1e-6,
     tighten: Tighten = "ibp",
     mode: Mode = "decide",
@@ -1167,7 +1181,7 @@ def certify_monotonic(
         raise InputValidationError(f"{who}: unknown tighten {tighten!r}. Use 'ibp' or 'lp'.")
     if mode not in ("optimize", "decide"):
         raise InputValidationError(f"{who}: unknown mode {mode!r}. Use 'optimize' or 'decide'.")
-    prep = _prepare(model, low, high, fixed, categorical, who)
+    prep = _prepare(model, low, high, fixed, categorical, one_hot, who)
     in_list = [inputs] if isinstance(inputs, int | np.integer) else list(inputs)
     if not in_list:
         raise InputValidationError(f"{who}: no inputs given (got []). Name at least one.")

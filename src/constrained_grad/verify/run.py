@@ -91,6 +91,7 @@ def _certify(
             time_limit=time_limit,
             fixed=domain.fixed or None,
             categorical=domain.categorical or None,
+            one_hot=domain.one_hot or None,
         )
         seconds += cert.solve_time + cert.encode_time
         statuses.append(cert.status)
@@ -182,7 +183,7 @@ def verify(
         model: the trained model (evaluated in eval mode; its state is restored).
         constraints: the declarations used in training (or new ones).
         domain: a :class:`~constrained_grad.Box` of per-sample inputs (fixed and categorical
-            features are respected).
+            features and one-hot groups are respected).
         samples / sampler: number of ``"sobol"`` or ``"random"`` points (0 to skip).
         adversarial / starts / steps / step_size: the gradient-ascent search.
         certify: ``"auto"`` (certify sign/bound constraints of piecewise-linear nets),
@@ -273,6 +274,7 @@ def verify(
             "high": domain.high.tolist(),
             "fixed": domain.fixed,
             "categorical": domain.categorical,
+            "one_hot": [list(g) for g in domain.one_hot],
         },
         float(tol),
         time.perf_counter() - t0,
@@ -309,6 +311,7 @@ def _verify_one(
     common = {
         "fixed": domain.fixed or None,
         "categorical": domain.categorical or None,
+        "one_hot": domain.one_hot or None,
         "device": device,
         "dtype": dtype,
         "top_k": kw["top_k"],

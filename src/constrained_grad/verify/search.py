@@ -249,6 +249,7 @@ def sample_search(
     generator: torch.Generator | None = None,
     fixed: Mapping[int, float] | None = None,
     categorical: Mapping[int, Sequence[float]] | None = None,
+    one_hot: Sequence[Sequence[int]] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     top_k: int = 10,
@@ -269,6 +270,8 @@ def sample_search(
             scrambling too). Neither: a fresh random stream.
         fixed: ``{index: value}`` features pinned to a value.
         categorical: ``{index: [values]}`` features drawn among the listed values.
+        one_hot: groups of features encoding one category (see
+            :class:`~constrained_grad.Box`); the category is drawn.
         device, dtype: where and in which dtype points are evaluated (default: those of
             ``low`` if it is a floating tensor, else CPU and the default dtype).
         top_k: how many worst points to keep.
@@ -284,7 +287,7 @@ def sample_search(
     n = _check_positive_int(n, "n", who)
     batch_size = _check_positive_int(batch_size, "batch_size", who)
     top_k = _check_positive_int(top_k, "top_k", who)
-    box = make_box(low, high, fixed=fixed, categorical=categorical, who=who)
+    box = make_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
     dtype, dev = _resolve_dtype_device(low, dtype, device)
     sampler = _UnitSampler(len(box.sampled), method, seed, generator)
     tracker = _Tracker(top_k, float(tol))
@@ -341,6 +344,7 @@ def adversarial_search(
     seed: int | None = None,
     fixed: Mapping[int, float] | None = None,
     categorical: Mapping[int, Sequence[float]] | None = None,
+    one_hot: Sequence[Sequence[int]] | None = None,
     init_points: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -363,6 +367,8 @@ def adversarial_search(
         fixed: ``{index: value}`` features pinned to a value.
         categorical: ``{index: [values]}`` features drawn among the values at each start
             and never moved by the ascent.
+        one_hot: groups of features encoding one category (see
+            :class:`~constrained_grad.Box`), drawn at each start and never moved.
         init_points: optional ``(k, d)`` extra starts (e.g. training points or the worst
             points of :func:`sample_search`); projected into the domain.
         device, dtype: as in :func:`sample_search`.
@@ -383,7 +389,7 @@ def adversarial_search(
             raise InputValidationError(
                 f"{who}: {name} must be a positive number (got {value!r}). Pass e.g. 0.05."
             )
-    box = make_box(low, high, fixed=fixed, categorical=categorical, who=who)
+    box = make_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
     dtype, dev = _resolve_dtype_device(low, dtype, device)
     sampler = _UnitSampler(len(box.sampled), "sobol", seed, None)
     x0 = box.from_unit(sampler.draw(starts)) if starts else torch.zeros(0, box.dim)
