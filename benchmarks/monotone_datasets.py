@@ -59,7 +59,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,7 @@ class Table:
     monotone: list[int]
     direction: str  # "increasing" | "decreasing"
     task: str  # "regression" | "classification"
+    groups: list[list[int]] = field(default_factory=list)  # one-hot columns of one category
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -179,16 +180,20 @@ def one_hot(table: Table, codes: dict[str, list[float]]) -> Table:
         raise ValueError("one_hot: a monotone feature cannot be one-hot encoded")
     cols: list[np.ndarray] = []
     names: list[str] = []
+    groups: list[list[int]] = []
     for j, name in enumerate(table.names):
         if name not in codes:
             cols.append(table.x[:, j])
             names.append(name)
             continue
+        groups.append(list(range(len(names), len(names) + len(codes[name]))))
         for code in codes[name]:
             cols.append((table.x[:, j] == code).astype(np.float64))
             names.append(f"{name}={code:g}")
     monotone = [names.index(table.names[j]) for j in table.monotone]
-    return Table(np.column_stack(cols), table.y, names, monotone, table.direction, table.task)
+    return Table(
+        np.column_stack(cols), table.y, names, monotone, table.direction, table.task, groups
+    )
 
 
 def load_compas() -> Table:
@@ -213,7 +218,8 @@ def load_compas() -> Table:
     )
     names = COMPAS_COUNTS + ["age"] + [f"race={k}" for k in COMPAS_RACES] + ["male", "female"]
     y = np.array([float(r["two_year_recid"]) for r in rows])
-    return Table(x, y, names, list(range(4)), "increasing", "classification")
+    groups = [list(range(5, 5 + len(COMPAS_RACES))), [11, 12]]  # race, sex
+    return Table(x, y, names, list(range(4)), "increasing", "classification", groups)
 
 
 @dataclass
@@ -232,7 +238,12 @@ class Split:
 
 
 def make_split(
-    train: Table, test: Table | None, seed: int, fold: int = 0, folds: int = FOLDS
+    train: Table,
+    test: Table | None,
+    seed: int,
+    fold: int = 0,
+    folds: int = FOLDS,
+    one_hot_domain: bool = False,
 ) -> Split:
     """``test=None``: seeded 80/20 split of ``train``; the train part is then cut (seeded) into
     ``folds`` parts and part ``fold`` is held out for validation (default: 5 parts, 20 %).
@@ -240,7 +251,11 @@ def make_split(
     The test rows depend on ``seed`` only, so every fold of one seed shares them. Features are
     standardised with the mean/std of the whole train part (features only, no labels), so all
     folds of a seed share one input space and one box; a regression target is standardised
-    with the labels of the fold's own training rows (``y_shift``, ``y_scale``)."""
+    with the labels of the fold's own training rows (``y_shift``, ``y_scale``).
+
+    ``one_hot_domain``: the box declares the table's one-hot groups (``cg.Box(one_hot=...)``:
+    exactly one column of a group on), so sampling, search and certificates see real
+    categories only; otherwise each column ranges over its interval."""
     if not 0 <= fold < folds:
         raise ValueError(f"make_split: fold must be in [0, {folds}) (got {fold})")
     rng = np.random.default_rng(seed)
@@ -277,7 +292,7 @@ def make_split(
         ty(y_va),
         tx(x_te),
         ty(y_te),
-        cg.Box(low.tolist(), high.tolist()),
+        cg.Box(low.tolist(), high.tolist(), one_hot=train.groups if one_hot_domain else None),
         y_sd,
         y_mu,
     )
@@ -747,7 +762,7 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
         runs.setdefault(name, []).append({"seed": seed, "metric": metric_name, **row})
 
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-        split = make_split(train_t, test_t, seed)
+        split = make_split(train_t, test_t, seed, one_hot_domain=cfg.one_hot_domain)
         for method in cfg.methods:
             picked = select(method, train_t, split, seed, cfg, tag)
             if picked is None:
@@ -785,7 +800,9 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
             members, splits, vals, oks = [got.model], [split], [got.score[0]], [got.eligible]
             member_s = 0.0
             for fold in range(1, cfg.ensemble):
-                fsplit = make_split(train_t, test_t, seed, fold=fold)
+                fsplit = make_split(
+                    train_t, test_t, seed, fold=fold, one_hot_domain=cfg.one_hot_domain
+                )
                 m = train(method, train_t, fsplit, seed + 1000 * fold, conf, cfg)
                 assert m is not None
                 member_s += m.seconds
@@ -817,6 +834,7 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
             )
     records = [summarise(dataset, protocol, m, rows) for m, rows in runs.items()]
     for rec in records:
+        rec["domain"] = "one-hot groups" if cfg.one_hot_domain and train_t.groups else "box"
         rec["features"] = (
             f"{len(train_t.names)} ({cfg.heart_encoding})"
             if dataset == "heart"
@@ -986,6 +1004,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default="onehot",
         help="Heart's nominal features (cp, restecg, slope, ca, thal): one 0/1 column per "
         "code (default) or the raw integer codes",
+    )
+    p.add_argument(
+        "--one-hot-domain",
+        action="store_true",
+        help="declare one-hot columns (Heart codes, COMPAS race and sex) as groups of the box "
+        "(exactly one on) for training points, search and MILP; default: each column ranges "
+        "over its interval",
     )
     p.add_argument("--json", type=Path, default=None)
     cfg = p.parse_args(argv)

@@ -159,3 +159,29 @@ def test_heart_encoding_option() -> None:
     assert md.parse(["--heart-encoding", "ordinal"]).heart_encoding == "ordinal"
     with pytest.raises(SystemExit):
         md.parse(["--heart-encoding", "binary"])
+
+
+def test_one_hot_domain_box_draws_the_standardised_categories() -> None:
+    rng = torch.Generator().manual_seed(0)
+    n = 80
+    kind = torch.randint(1, 4, (n,), generator=rng).double()  # codes 1..3
+    x = torch.stack([torch.rand(n, generator=rng, dtype=torch.float64), kind], dim=1).numpy()
+    y = (x[:, 0] > 0.5).astype(float)
+    base = md.Table(x, y, ["m", "kind"], [0], "increasing", "classification")
+    table = md.one_hot(base, {"kind": [1.0, 2.0, 3.0]})
+    assert table.groups == [[1, 2, 3]]
+    plain = md.make_split(table, None, seed=0)
+    assert plain.box.one_hot == ()
+    split = md.make_split(table, None, seed=0, one_hot_domain=True)
+    assert split.box.one_hot == ((1, 2, 3),)
+    # every sampled category block is the standardised encoding of a real row's category
+    rows = {
+        tuple(r)
+        for r in torch.cat([split.x_train, split.x_val, split.x_test])[:, 1:]
+        .double()
+        .round(decimals=5)
+        .tolist()
+    }
+    drawn = split.box.sample(200, generator=rng, dtype=torch.float64)[:, 1:]
+    assert {tuple(r) for r in drawn.round(decimals=5).tolist()} <= rows
+    assert md.parse(["--one-hot-domain"]).one_hot_domain and not md.parse([]).one_hot_domain
