@@ -194,7 +194,8 @@ class Box:
         return x.to(dtype=dtype, device=device)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Clamp ``x`` into the box."""
+        """Clamp ``x`` into the box, feature by feature (categorical values and one-hot
+        groups are not snapped; the verifiers' own projection does that)."""
         return torch.maximum(torch.minimum(x, self.high.to(x)), self.low.to(x))
 
     def contains(self, x: torch.Tensor, atol: float = 0.0) -> torch.Tensor:
