@@ -9,25 +9,23 @@ looks fine in the loss, and the growing weight slowly pulls the fit away from th
 
 :func:`diagnose` reads the last ``window`` fraction of the logged steps of each constraint
 and names what happened there. ``start``/``end`` values are medians over the first/last fifth
-of the window (so single noisy steps do not decide):
+of the window (so single noisy steps do not decide).
 
-=============  ==========================================================================
-status         meaning (:math:`v`: largest violation, :math:`m`: largest multiplier)
-=============  ==========================================================================
-inactive       :math:`v \le` tol at every step and :math:`m = 0`: met without its multiplier
-satisfied      :math:`v_{end} \le` tol, and :math:`v >` tol in at most 10 % of the last
-               fifth's steps
-boundary       :math:`v_{end} \le` tol but :math:`v >` tol in more than 10 % of them: an
-               active constraint held at the boundary by its multiplier
-converging     :math:`v_{end} >` tol but falling (:math:`v_{end} < v_{start}/2`)
-runaway        :math:`v_{end} >` tol, not falling, and :math:`m` rose by at least
-               ``growth`` of its end value
-violated       :math:`v_{end} >` tol, not falling, :math:`m` steady (a fixed penalty, loss
-               and multiplier in balance with the constraint still broken, or a zero
-               multiplier whose dual sees a mean that is met)
-non-finite     NaN or infinity among the window's violations or multipliers
-too-short      fewer than ``min_steps`` steps in the window
-=============  ==========================================================================
+Statuses (:math:`v`: largest violation, :math:`m`: largest multiplier):
+
+* ``inactive``: :math:`v \le` tol at every step and :math:`m = 0`, met without its multiplier;
+* ``satisfied``: :math:`v_{end} \le` tol, and :math:`v >` tol in at most 10 % of the steps
+  of the last fifth;
+* ``boundary``: :math:`v_{end} \le` tol but :math:`v >` tol in more than 10 % of them, an
+  active constraint held at the boundary by its multiplier;
+* ``converging``: :math:`v_{end} >` tol but falling (:math:`v_{end} < v_{start}/2`);
+* ``runaway``: :math:`v_{end} >` tol, not falling, and :math:`m` rose by at least ``growth``
+  of its end value;
+* ``violated``: :math:`v_{end} >` tol, not falling, :math:`m` steady (a fixed penalty, loss
+  and multiplier in balance with the constraint still broken, or a zero multiplier whose
+  dual sees a mean that is met);
+* ``non-finite``: NaN or infinity among the window's violations or multipliers;
+* ``too-short``: fewer than ``min_steps`` steps in the window.
 
 Exact equalities (``kind="equality"`` with tolerance 0) have a signed violation :math:`h`;
 they are read through :math:`|\,\mathrm{mean}\ h|` and :math:`\max|\lambda|`. The kinds
