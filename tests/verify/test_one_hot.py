@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -113,6 +114,8 @@ def test_box_sample_draws_real_categories_uniformly() -> None:
     assert int(counts.min()) > 900  # each of 3 categories about 1000 times
     assert float(x[:, 0].min()) >= -1.0 and float(x[:, 4].max()) <= 1.0
     assert "one_hot=[[1, 2, 3]]" in repr(box)
+    # numpy integers (e.g. from np.where) are indices too, as for fixed= and categorical=
+    assert cg.Box([0.0] * 3, [1.0] * 3, one_hot=[list(np.arange(3))]).one_hot == ((0, 1, 2),)
 
 
 def test_sampling_and_adversarial_search_stay_on_categories() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -38,12 +39,12 @@ def check_one_hot(
             )
         idx: list[int] = []
         for i in group:
-            if isinstance(i, bool) or not isinstance(i, int) or not -d <= i < d:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not -d <= i < d:
                 raise InputValidationError(
                     f"{who}: one_hot index {i!r} is not a feature index for {d} features. "
                     f"Use ints in [0, {d - 1}]."
                 )
-            idx.append(i % d)
+            idx.append(int(i) % d)
         if len(set(idx)) != len(idx) or len(idx) < 2:
             raise InputValidationError(
                 f"{who}: a one_hot group needs at least 2 distinct indices (got {list(group)})."
