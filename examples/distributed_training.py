@@ -107,8 +107,10 @@ def train(
     out: Path | None = None,
     record: list[dict[str, torch.Tensor]] | None = None,
     progress: bool = True,
+    on_nonfinite: str = "raise",
 ) -> cg.FitResult:
-    """``steps`` primal-dual steps (Adam on the weights, dual ascent on the multipliers)."""
+    """``steps`` primal-dual steps (Adam on the weights, dual ascent on the multipliers);
+    ``on_nonfinite="skip"`` skips steps with a NaN/inf loss or violation."""
     optimizer = torch.optim.Adam(problem.model.parameters(), lr=1e-2)
 
     def keep(info: cg.StepInfo) -> None:
@@ -126,6 +128,7 @@ def train(
         progress=progress,
         checkpoint_dir=None if out is None else out / "checkpoint",
         checkpoint_every=None if out is None else 20,
+        on_nonfinite=on_nonfinite,
     )
 
 

@@ -78,28 +78,14 @@ def nan_data(seed: int, index: int):
 def nan_run(steps: int, rank: int, world: int, loader=None):
     """``on_nonfinite="skip"`` with a NaN target that only rank 1 holds (or, single process,
     the global batches of ``loader``): the multipliers after every step and the result."""
-    import constrained_grad as cg
-
     example = load_example()
     problem = example.make_problem(0, torch.device("cpu"))
     if loader is None:
         data = nan_data(0, nan_rank1_index(example.N_POINTS, 8, 0))
         loader = example.make_loader(data, 8, 0, rank, world)
     record: list = []
-
-    def keep(info) -> None:
-        record.append({n: v.clone() for n, v in problem.multiplier_values().items()})
-
-    result = cg.fit(
-        problem,
-        loader,
-        torch.optim.Adam(problem.model.parameters(), lr=1e-2),
-        dual_lr=0.5,
-        epochs=4,
-        steps=steps,
-        callbacks=[keep],
-        progress=False,
-        on_nonfinite="skip",
+    result = example.train(
+        problem, loader, steps, record=record, progress=False, on_nonfinite="skip"
     )
     return {
         "record": record,
