@@ -44,6 +44,8 @@ sampling + adversarial search, then by the exact MILP (``--time-limit`` seconds 
 ``max_violation`` is the largest derivative of the wrong sign found (standardised units, mpg or
 logit per standard deviation; ≤ 0 means none), ``certified`` is True (MILP proof), False (a
 violation was confirmed) or None (no proof within the time limit); the MILP seconds are kept.
+``--one-hot-domain`` declares the one-hot columns (Heart codes, COMPAS race and sex) as groups
+of that box (``cg.Box(one_hot=...)``), for training points, search and MILP alike.
 
 Run: ``python benchmarks/monotone_datasets.py --dataset auto-mpg --quick --json out.json``.
 """
