@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from constrained_grad.constraints.domain import as_box
 from constrained_grad.errors import CertificationError, InputValidationError
-from constrained_grad.verify._box import make_box
 from constrained_grad.verify.milp import (
     Certificate,
     _AutogradOracle,
@@ -275,7 +275,7 @@ def test_interior_point_moves_off_a_kink() -> None:
         net[0].bias.zero_()
         net[2].weight.fill_(-1.0)
         net[2].bias.zero_()
-    box = make_box([-1.0, -1.0], [1.0, 1.0], who="test")
+    box = as_box([-1.0, -1.0], [1.0, 1.0], who="test")
     layers = parse_network(net, 2)
     enc = _encode(layers, box, 0, "ibp")
     ((kind, var, _),) = enc.units

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import constrained_grad as cg
+from constrained_grad.constraints.domain import as_box
 from constrained_grad.errors import InputValidationError
-from constrained_grad.verify._box import make_box
 from constrained_grad.verify.milp import certify_derivative_sign
 from constrained_grad.verify.search import adversarial_search, sample_search
 
@@ -157,7 +157,7 @@ def slope_t_graph(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_project_snaps_each_group_to_its_most_switched_on_feature() -> None:
-    box = make_box([-0.5, -0.5, -0.5, 0.0], [2.0, 2.0, 2.0, 1.0], one_hot=[[0, 1, 2]], who="test")
+    box = as_box([-0.5, -0.5, -0.5, 0.0], [2.0, 2.0, 2.0, 1.0], one_hot=[[0, 1, 2]], who="test")
     x = torch.tensor([[0.1, 1.5, 0.3, 1.7], [3.0, -1.0, 0.0, -0.2]], dtype=torch.float64)
     p = box.project(x)
     assert p.tolist() == [[-0.5, 2.0, -0.5, 1.0], [2.0, -0.5, -0.5, 0.0]]
@@ -183,9 +183,9 @@ def test_project_snaps_each_group_to_its_most_switched_on_feature() -> None:
         ([0, 1], {}, "each one_hot group must be a list"),
     ],
 )
-def test_bad_groups_are_refused_by_both_boxes(one_hot, kwargs, match) -> None:
+def test_bad_groups_are_refused_by_box_and_as_box(one_hot, kwargs, match) -> None:
     low, high = [0.0, 0.0, 0.0, 0.5], [1.0, 1.0, 1.0, 0.5]
     with pytest.raises(InputValidationError, match=match):
         cg.Box(low, high, one_hot=one_hot, **kwargs)
     with pytest.raises(InputValidationError, match=match):
-        make_box(low, high, one_hot=one_hot, who="verify", **kwargs)
+        as_box(low, high, one_hot=one_hot, who="verify", **kwargs)

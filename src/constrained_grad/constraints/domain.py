@@ -1,15 +1,32 @@
-"""Input domains: where a constraint must hold and where verification searches."""
+r"""Input domains: where a constraint must hold and where verification searches.
+
+A domain is the box :math:`\{x : low \le x \le high\}` in :math:`\mathbb{R}^d`, where
+
+* a *fixed* feature ``i -> v`` is pinned to ``v`` (its box becomes ``[v, v]``; a feature with
+  ``low_i == high_i`` is fixed as well);
+* a *categorical* feature ``i -> [v_1, ..., v_K]`` only takes the listed values: samplers draw
+  among them and gradient steps never move it. Its box becomes ``[min_k v_k, max_k v_k]``;
+* a *one-hot group* ``(i_1, ..., i_K)`` encodes one category: exactly one of its features is
+  at its ``high`` ("on"), the others at their ``low``. Samplers draw the category, gradient
+  steps never move it.
+
+Bounds are stored in float64 on the CPU; callers cast to the model's dtype and device.
+"""
 
 from __future__ import annotations
 
+import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 from constrained_grad.errors import InputValidationError
 
 OneHotGroups = tuple[tuple[int, ...], ...]
+BoundsLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
 def check_one_hot(
@@ -79,83 +96,182 @@ def one_hot_rows(
     return blocks
 
 
+def _as_vector(value: BoundsLike, name: str, who: str) -> torch.Tensor:
+    """``value`` as a fresh ``(d,)`` float64 CPU tensor of finite numbers, ``d >= 1``."""
+    try:
+        t = torch.as_tensor(
+            value.detach().cpu() if isinstance(value, torch.Tensor) else value,
+            dtype=torch.float64,
+        )
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputValidationError(
+            f"{who}: low and high must be sequences of numbers (got {name} of type "
+            f"{type(value).__name__}: {err}). Give one bound per feature, e.g. [0.0, 1.0]."
+        ) from err
+    if t.dim() != 1:
+        raise InputValidationError(
+            f"{who}: {name} must have shape (d,), one bound per feature (got shape "
+            f"{tuple(t.shape)}). Pass a 1-D sequence or tensor, e.g. X.min(0).values."
+        )
+    if t.shape[0] == 0:
+        raise InputValidationError(
+            f"{who}: no features (got empty {name}). Give one bound per feature."
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise InputValidationError(
+            f"{who}: bounds must be finite (got {name}={t.tolist()}). Clip the domain to the "
+            "range the data lives in, e.g. X.min(0) / X.max(0)."
+        )
+    return t.clone()
+
+
+def _as_mapping(value: object, name: str, example: str, who: str) -> Mapping[Any, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputValidationError(
+            f"{who}: {name} must be a dict {{index: ...}} (got {type(value).__name__}). "
+            f"Pass e.g. {name}={example}."
+        )
+    return value
+
+
+def _check_index(i: object, d: int, what: str, taken: set[int], who: str) -> int:
+    """A feature index in ``[-d, d)`` as a non-negative int not already in ``taken``."""
+    if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+        raise InputValidationError(
+            f"{who}: {what} keys must be int feature indices (got {i!r}). Use e.g. {{0: ...}}."
+        )
+    if not -d <= int(i) < d:
+        raise InputValidationError(
+            f"{who}: {what} feature index {int(i)} is out of range for {d} features. "
+            f"Use an index in [0, {d - 1}]."
+        )
+    j = int(i) % d
+    if j in taken:
+        raise InputValidationError(
+            f"{who}: {what} gives feature {j} twice (index {int(i)} repeats it). "
+            "Give each feature once."
+        )
+    return j
+
+
 class Box:
     r"""An axis-aligned box :math:`\{x : low \le x \le high\}` of per-sample inputs.
 
     Args:
-        low, high: per-feature bounds (sequences or tensors of the same shape).
-        fixed: features held at one value (``{index: value}``), e.g. a scenario.
+        low, high: per-feature bounds (1-D sequences, arrays or tensors of the same length,
+            finite, ``low <= high``).
+        fixed: features held at one value (``{index: value}``), e.g. a scenario. The value
+            overrides the feature's bounds.
         categorical: features restricted to a finite set (``{index: [values]}``); samplers
-            draw among them and gradient search never moves them.
+            draw among them, gradient search never moves them and :meth:`project` snaps them
+            to the nearest value. A feature cannot be both fixed and categorical.
         one_hot: groups of columns that encode one category (``[[2, 3, 4], ...]``): exactly
             one column of a group is at its ``high`` ("on"), the others at their ``low``
             ("off"), e.g. 1 and 0, or the standardised values of 1 and 0. Samplers draw the
             category, gradient search never moves it and the MILP certificate encodes it
             exactly, so no verdict rests on inputs that cannot occur.
 
+    Indices may be negative (counted from the end), as in Python. ``low`` and ``high`` are
+    float64 CPU tensors with fixed features pinned and categorical features spanning their
+    values; ``categorical`` keeps the values in the order given.
+
+    Raises:
+        InputValidationError: on bounds of the wrong shape, non-finite or with
+            ``low > high``; bad or repeated indices; a non-finite fixed value; an empty,
+            non-numeric or non-finite list of categorical values; a feature both fixed and
+            categorical; and bad one-hot groups.
+
     Example:
         >>> Box([0.0, -1.0], [1.0, 1.0]).width
         tensor([1., 2.])
+        >>> box = Box([0.0, 0.0, 0.0], [5.0, 1.0, 1.0],
+        ...           categorical={0: [0, 2, 5]}, one_hot=[[1, 2]])
+        >>> box.project(torch.tensor([[1.2, 0.3, 0.6]]))
+        tensor([[2., 0., 1.]])
     """
+
+    low: torch.Tensor
+    high: torch.Tensor
+    fixed: dict[int, float]
+    categorical: dict[int, list[float]]
+    one_hot: OneHotGroups
 
     def __init__(
         self,
-        low: Sequence[float] | torch.Tensor,
-        high: Sequence[float] | torch.Tensor,
+        low: BoundsLike,
+        high: BoundsLike,
         *,
-        fixed: dict[int, float] | None = None,
-        categorical: dict[int, Sequence[float]] | None = None,
+        fixed: Mapping[int, float] | None = None,
+        categorical: Mapping[int, Sequence[float]] | None = None,
         one_hot: Sequence[Sequence[int]] | None = None,
     ) -> None:
-        try:
-            lo = torch.as_tensor(low, dtype=torch.float64).detach().clone().reshape(-1)
-            hi = torch.as_tensor(high, dtype=torch.float64).detach().clone().reshape(-1)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise InputValidationError(
-                f"Box: low and high must be sequences of numbers (got "
-                f"{type(low).__name__} and {type(high).__name__}: {err}). "
-                "Give one bound per feature."
-            ) from err
+        self._setup(low, high, fixed, categorical, one_hot, "Box")
+
+    def _setup(
+        self,
+        low: BoundsLike,
+        high: BoundsLike,
+        fixed: Mapping[int, float] | None,
+        categorical: Mapping[int, Sequence[float]] | None,
+        one_hot: Sequence[Sequence[int]] | None,
+        who: str,
+    ) -> None:
+        lo = _as_vector(low, "low", who)
+        hi = _as_vector(high, "high", who)
         if lo.shape != hi.shape:
             raise InputValidationError(
-                f"Box: low and high differ in shape (got {tuple(lo.shape)} "
-                f"and {tuple(hi.shape)}). Give one bound per feature."
-            )
-        if lo.numel() == 0:
-            raise InputValidationError(
-                "Box: no features (got empty bounds). Give one bound per feature."
-            )
-        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            raise InputValidationError(
-                "Box: bounds must be finite (got NaN or inf). Clip the "
-                "domain to the range the data lives in."
+                f"{who}: low and high differ in shape (got {tuple(lo.shape)} and "
+                f"{tuple(hi.shape)}). Give them the same shape, one bound per feature."
             )
         bad = (lo > hi).nonzero().flatten().tolist()
         if bad:
             j = bad[0]
+            more = f" (also features {bad[1:]})" if len(bad) > 1 else ""
             raise InputValidationError(
-                f"Box: low > high for feature {j} (got low={lo[j].item()}, "
-                f"high={hi[j].item()}). Swap or correct the bounds."
+                f"{who}: low > high for feature {j} (got low={lo[j].item()}, "
+                f"high={hi[j].item()}). Swap or correct the bounds{more}, or fix the feature "
+                "with low == high."
             )
-        self.fixed = {int(k): float(v) for k, v in (fixed or {}).items()}
-        self.categorical = {int(k): [float(c) for c in v] for k, v in (categorical or {}).items()}
-        for name, mapping in (("fixed", self.fixed), ("categorical", self.categorical)):
-            for k in mapping:
-                if not 0 <= k < lo.numel():
-                    raise InputValidationError(
-                        f"Box: {name} feature index {k} is out of range "
-                        f"for {lo.numel()} features. Use 0..{lo.numel() - 1}."
-                    )
-        for k, v in self.fixed.items():
-            lo[k] = hi[k] = v
-        for k, values in self.categorical.items():
-            if not values:
+        d = int(lo.shape[0])
+        self.fixed = {}
+        for key, value in _as_mapping(fixed, "fixed", "{0: 1.5}", who).items():
+            i = _check_index(key, d, "fixed", set(self.fixed), who)
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                v = math.nan
+            if not math.isfinite(v):
                 raise InputValidationError(
-                    f"Box: categorical feature {k} has no values (got []). List the allowed values."
+                    f"{who}: fixed value of feature {i} must be a finite number (got "
+                    f"{value!r}). Pass a real number."
                 )
-            lo[k], hi[k] = min(values), max(values)
+            self.fixed[i] = lo[i] = hi[i] = v
+        self.categorical = {}
+        for key, values in _as_mapping(categorical, "categorical", "{0: [0.0, 1.0]}", who).items():
+            i = _check_index(key, d, "categorical", set(self.categorical), who)
+            if i in self.fixed:
+                raise InputValidationError(
+                    f"{who}: feature {i} is both fixed and categorical (got fixed="
+                    f"{self.fixed[i]}, categorical={values!r}). Keep only one of the two."
+                )
+            try:
+                vals = [float(v) for v in values]
+            except (TypeError, ValueError) as err:
+                raise InputValidationError(
+                    f"{who}: categorical values of feature {i} must be numbers (got "
+                    f"{values!r}). Pass e.g. [1.0, 2.0, 3.0]."
+                ) from err
+            if not vals or not all(math.isfinite(v) for v in vals):
+                raise InputValidationError(
+                    f"{who}: categorical values of feature {i} must be a non-empty list of "
+                    f"finite numbers (got {values!r}). Pass e.g. [1.0, 2.0, 3.0]."
+                )
+            self.categorical[i] = vals
+            lo[i], hi[i] = min(vals), max(vals)
         taken = set(self.fixed) | set(self.categorical)
-        self.one_hot: OneHotGroups = check_one_hot(one_hot, lo, hi, taken, "Box")
+        self.one_hot = check_one_hot(one_hot, lo, hi, taken, who)
         self.low, self.high = lo, hi
 
     @property
@@ -164,7 +280,36 @@ class Box:
 
     @property
     def width(self) -> torch.Tensor:
+        """``high - low`` in the default dtype (zero for fixed features)."""
         return (self.high - self.low).to(torch.get_default_dtype())
+
+    @property
+    def categorical_indices(self) -> list[int]:
+        """The categorical features, in increasing order."""
+        return sorted(self.categorical)
+
+    @property
+    def categorical_levels(self) -> dict[int, tuple[float, ...]]:
+        """The allowed values of each categorical feature, sorted and without repeats."""
+        return {i: tuple(sorted(set(vals))) for i, vals in self.categorical.items()}
+
+    @property
+    def continuous_free(self) -> list[int]:
+        """Indices that vary continuously: ``low < high``, not categorical, in no group."""
+        grouped = {i for g in self.one_hot for i in g}
+        return [
+            i
+            for i in range(self.dim)
+            if i not in self.categorical
+            and i not in grouped
+            and float(self.high[i]) > float(self.low[i])
+        ]
+
+    @property
+    def sampled(self) -> list[int]:
+        """One per coordinate a sampler must draw: the continuous free features, the
+        categorical ones, then each one-hot group (named by its first feature)."""
+        return self.continuous_free + self.categorical_indices + [g[0] for g in self.one_hot]
 
     @classmethod
     def around(cls, x: torch.Tensor, pad: float = 0.0) -> Box:
@@ -194,16 +339,81 @@ class Box:
             x[:, cols] = block
         return x.to(dtype=dtype, device=device)
 
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """Map ``u`` in ``[0, 1)^{len(sampled)}`` (rows) to points of the domain, float64.
+
+        Continuous coordinates are scaled affinely, categorical ones pick value
+        ``floor(u K)`` of their ``K`` distinct values (sorted), one-hot groups switch on
+        feature ``floor(u K)`` of their ``K``; all other features sit at ``low``.
+        """
+        n = u.shape[0]
+        x = self.low.unsqueeze(0).expand(n, -1).clone()
+        cont = self.continuous_free
+        if cont:
+            idx = torch.tensor(cont)
+            width = self.high[idx] - self.low[idx]
+            x[:, idx] = self.low[idx] + u[:, : len(cont)].to(torch.float64) * width
+        levels = self.categorical_levels
+        for col, i in enumerate(self.categorical_indices, start=len(cont)):
+            values = torch.tensor(levels[i], dtype=torch.float64)
+            k = torch.clamp((u[:, col].to(torch.float64) * len(values)).long(), 0, len(values) - 1)
+            x[:, i] = values[k]
+        first = len(cont) + len(self.categorical)
+        picks = [
+            torch.clamp((u[:, first + g].to(torch.float64) * len(group)).long(), 0, len(group) - 1)
+            for g, group in enumerate(self.one_hot)
+        ]
+        for cols, block in one_hot_rows(self.one_hot, self.low, self.high, picks):
+            x[:, cols] = block
+        return x
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Clamp ``x`` into the box, feature by feature (categorical values and one-hot
-        groups are not snapped; the verifiers' own projection does that)."""
-        return torch.maximum(torch.minimum(x, self.high.to(x)), self.low.to(x))
+        """Map ``x`` (``(..., d)``) to a point of the domain: clamp each feature into
+        ``[low, high]``, snap each categorical feature to its nearest allowed value and each
+        one-hot group to its most switched-on feature (relative to its off and on values),
+        which goes on while the others go off. Returns a new tensor, ``x``'s dtype and
+        device; ``x`` is not modified."""
+        x = torch.maximum(torch.minimum(x, self.high.to(x)), self.low.to(x))
+        if not self.categorical and not self.one_hot:
+            return x
+        rows = x.reshape(-1, self.dim)
+        for i, vals in self.categorical_levels.items():
+            values = torch.tensor(vals, dtype=x.dtype, device=x.device)
+            nearest = torch.argmin((rows[:, i : i + 1] - values).abs(), dim=1)
+            rows[:, i] = values[nearest]
+        if self.one_hot:
+            low64, high64 = self.low.to(x.device), self.high.to(x.device)
+            picks = []
+            for group in self.one_hot:
+                cols = list(group)
+                level = (rows[:, cols].double() - low64[cols]) / (high64[cols] - low64[cols])
+                picks.append(level.argmax(dim=1).cpu())
+            for cols, block in one_hot_rows(self.one_hot, self.low, self.high, picks):
+                rows[:, cols] = block.to(dtype=x.dtype, device=x.device)
+        return rows.reshape(x.shape)
 
     def contains(self, x: torch.Tensor, atol: float = 0.0) -> torch.Tensor:
-        """Per-row membership test."""
+        """Per-row membership test of the bounds (categorical values and one-hot groups are
+        not checked)."""
         lo, hi = self.low.to(x), self.high.to(x)
         return ((x >= lo - atol) & (x <= hi + atol)).all(dim=-1)
 
     def __repr__(self) -> str:
         extra = f", one_hot={[list(g) for g in self.one_hot]}" if self.one_hot else ""
         return f"Box(low={self.low.tolist()}, high={self.high.tolist()}{extra})"
+
+
+def as_box(
+    low: BoundsLike,
+    high: BoundsLike,
+    *,
+    fixed: Mapping[int, float] | None = None,
+    categorical: Mapping[int, Sequence[float]] | None = None,
+    one_hot: Sequence[Sequence[int]] | None = None,
+    who: str,
+) -> Box:
+    """``Box(low, high, fixed=..., categorical=..., one_hot=...)`` with errors naming ``who``
+    (the function of the caller that took the raw bounds) instead of ``Box``."""
+    box = Box.__new__(Box)
+    box._setup(low, high, fixed, categorical, one_hot, who)
+    return box

@@ -58,9 +58,9 @@ from scipy.linalg import block_diag
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_matrix
 
+from constrained_grad.constraints.domain import BoundsLike, Box, as_box
 from constrained_grad.errors import CertificationError, InputValidationError
 from constrained_grad.models import Ensemble
-from constrained_grad.verify._box import BoundLike, Box, make_box
 
 Status = Literal["certified", "violated", "unknown"]
 Tighten = Literal["ibp", "lp"]
@@ -476,12 +476,13 @@ def _encode(layers: list[_Layer], box: Box, input_index: int, tighten: Tighten) 
         picks = [builder.var(0.0, 1.0, binary=True) for _ in group]
         builder.add(dict.fromkeys(picks, 1.0), 1.0, 1.0)
         switch.update(zip(group, picks, strict=True))
+    levels = box.categorical_levels
     for i in range(box.dim):
         lo, hi = float(box.low[i]), float(box.high[i])
         if i in switch:
             h.append(_Entry({switch[i]: hi - lo}, lo, lo, hi))
-        elif i in box.categorical and len(box.categorical[i]) > 1:
-            values = box.categorical[i]
+        elif i in box.categorical and len(levels[i]) > 1:
+            values = levels[i]
             x = builder.var(lo, hi)
             picks = [builder.var(0.0, 1.0, binary=True) for _ in values]
             builder.add(dict.fromkeys(picks, 1.0), 1.0, 1.0)
@@ -742,7 +743,7 @@ def _interior_point(
             slopes[i] = slope
         a_mat = slopes[:, None] * a_mat
         c_vec = slopes * c_vec
-    width = float(np.max(box.width.numpy()))
+    width = float(np.max((box.high - box.low).numpy()))
     c = np.zeros(len(free) + 1)
     c[-1] = -1.0
     lb = np.append(box.low.numpy()[free], 0.0)
@@ -917,7 +918,7 @@ def _neighbours(box: Box, x: np.ndarray, per_scale: int = 32) -> np.ndarray | No
     if not free:
         return None
     rng = np.random.default_rng(0)
-    width = box.width.numpy()[free]
+    width = (box.high - box.low).numpy()[free]
     pts = []
     for scale in (1e-6, 1e-4, 1e-2):
         p = np.repeat(x[None, :], per_scale, axis=0)
@@ -967,14 +968,14 @@ class _Prepared:
 
 def _prepare(
     model: torch.nn.Module,
-    low: BoundLike,
-    high: BoundLike,
+    low: BoundsLike,
+    high: BoundsLike,
     fixed: Mapping[int, float] | None,
     categorical: Mapping[int, Sequence[float]] | None,
     one_hot: Sequence[Sequence[int]] | None,
     who: str,
 ) -> _Prepared:
-    box = make_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
+    box = as_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
     layers = parse_network(model, box.dim, who=who)
     oracle = _AutogradOracle(model)
     # the layer list must be what the model computes (a subclass may override forward)
@@ -992,8 +993,8 @@ def _prepare(
 
 def certify_derivative_sign(
     model: torch.nn.Module,
-    low: BoundLike,
-    high: BoundLike,
+    low: BoundsLike,
+    high: BoundsLike,
     *,
     input_index: int,
     output_index: int = 0,
@@ -1143,8 +1144,8 @@ def _certify_pair(
 
 def certify_monotonic(
     model: torch.nn.Module,
-    low: BoundLike,
-    high: BoundLike,
+    low: BoundsLike,
+    high: BoundsLike,
     *,
     inputs: int | Sequence[int],
     outputs: int | Sequence[int] | None = None,

@@ -35,8 +35,8 @@ import torch
 from scipy.stats import qmc
 from tqdm.auto import tqdm
 
+from constrained_grad.constraints.domain import BoundsLike, as_box
 from constrained_grad.errors import GraphCutError, InputValidationError, NonFiniteError
-from constrained_grad.verify._box import BoundLike, make_box
 
 ViolationFn = Callable[[torch.Tensor], torch.Tensor]
 SampleMethod = Literal["sobol", "random"]
@@ -154,7 +154,7 @@ def _check_positive_int(value: object, name: str, who: str, minimum: int = 1) ->
 
 
 def _resolve_dtype_device(
-    low: BoundLike, dtype: torch.dtype | None, device: torch.device | str | None
+    low: BoundsLike, dtype: torch.dtype | None, device: torch.device | str | None
 ) -> tuple[torch.dtype, torch.device]:
     if dtype is None:
         dtype = (
@@ -239,8 +239,8 @@ class _UnitSampler:
 
 def sample_search(
     violation_fn: ViolationFn,
-    low: BoundLike,
-    high: BoundLike,
+    low: BoundsLike,
+    high: BoundsLike,
     *,
     n: int,
     method: SampleMethod = "sobol",
@@ -287,7 +287,7 @@ def sample_search(
     n = _check_positive_int(n, "n", who)
     batch_size = _check_positive_int(batch_size, "batch_size", who)
     top_k = _check_positive_int(top_k, "top_k", who)
-    box = make_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
+    box = as_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
     dtype, dev = _resolve_dtype_device(low, dtype, device)
     sampler = _UnitSampler(len(box.sampled), method, seed, generator)
     tracker = _Tracker(top_k, float(tol))
@@ -333,8 +333,8 @@ def _value_and_grad(
 
 def adversarial_search(
     violation_fn: ViolationFn,
-    low: BoundLike,
-    high: BoundLike,
+    low: BoundsLike,
+    high: BoundsLike,
     *,
     starts: int = 32,
     steps: int = 50,
@@ -389,7 +389,7 @@ def adversarial_search(
             raise InputValidationError(
                 f"{who}: {name} must be a positive number (got {value!r}). Pass e.g. 0.05."
             )
-    box = make_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
+    box = as_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
     dtype, dev = _resolve_dtype_device(low, dtype, device)
     sampler = _UnitSampler(len(box.sampled), "sobol", seed, None)
     x0 = box.from_unit(sampler.draw(starts)) if starts else torch.zeros(0, box.dim)
@@ -410,7 +410,7 @@ def adversarial_search(
         )
     mask = torch.zeros(box.dim, dtype=dtype, device=dev)
     mask[box.continuous_free] = 1
-    width = box.width.to(device=dev, dtype=dtype)
+    width = (box.high - box.low).to(device=dev, dtype=dtype)
     tracker = _Tracker(top_k, float(tol))
     start = time.perf_counter()
     total = x0.shape[0]
