@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import constrained_grad as cg
+from constrained_grad.constraints.domain import as_box
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 
 
@@ -176,6 +178,62 @@ def test_box_errors_name_the_feature() -> None:
         cg.Box([0.0, 0.0], [1.0])
     with pytest.raises(InputValidationError, match=r"Box: bounds must be finite"):
         cg.Box([0.0], [float("inf")])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        (
+            {"fixed": {0: float("nan")}},
+            r"Box: fixed value of feature 0 must be a finite number \(got nan\)\. Pass a real",
+        ),
+        ({"fixed": {1: "x"}}, r"Box: fixed value of feature 1 must be a finite number"),
+        (
+            {"fixed": {0: 0.5}, "categorical": {0: [0.0, 1.0]}},
+            r"Box: feature 0 is both fixed and categorical \(got fixed=0\.5, "
+            r"categorical=\[0\.0, 1\.0\]\)\. Keep only one",
+        ),
+        (
+            {"fixed": {-3: 0.5}, "categorical": {0: [0.0, 1.0]}},
+            r"Box: feature 0 is both fixed and categorical",
+        ),
+        (
+            {"categorical": {1: ["a", "b"]}},
+            r"Box: categorical values of feature 1 must be numbers \(got \['a', 'b'\]\)",
+        ),
+        ({"categorical": {1: 2.0}}, r"Box: categorical values of feature 1 must be numbers"),
+        ({"categorical": {1: []}}, r"Box: categorical values of feature 1 must be a non-empty"),
+        ({"categorical": {1: [0.0, float("inf")]}}, r"non-empty list of finite numbers"),
+        ({"fixed": {1.0: 0.5}}, r"Box: fixed keys must be int feature indices \(got 1\.0\)"),
+        ({"categorical": {True: [0.0]}}, r"Box: categorical keys must be int feature indices"),
+        ({"fixed": {-4: 0.5}}, r"Box: fixed feature index -4 is out of range for 3 features"),
+        ({"fixed": {0: 0.5, -3: 0.2}}, r"Box: fixed gives feature 0 twice \(index -3"),
+        ({"fixed": [0.5]}, r"Box: fixed must be a dict \{index: \.\.\.\} \(got list\)"),
+    ],
+)
+def test_box_refuses_bad_fixed_and_categorical_features(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(InputValidationError, match=pattern):
+        cg.Box([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], **kwargs)
+
+
+def test_box_refuses_bounds_that_are_not_one_dimensional() -> None:
+    with pytest.raises(InputValidationError, match=r"Box: low must have shape \(d,\).*\(1, 2\)"):
+        cg.Box([[0.0, 0.0]], [[1.0, 1.0]])
+
+
+def test_box_takes_numpy_and_negative_indices() -> None:
+    box = cg.Box(
+        np.zeros(3), np.ones(3), fixed={np.int64(-1): 0.5}, categorical={np.int32(0): [1, 0]}
+    )
+    assert box.fixed == {2: 0.5}
+    assert box.categorical == {0: [1.0, 0.0]}  # the order given
+    assert box.categorical_levels == {0: (0.0, 1.0)}
+    assert box.low.tolist() == [0.0, 0.0, 0.5] and box.high.tolist() == [1.0, 1.0, 0.5]
+
+
+def test_verifier_boxes_name_their_caller() -> None:
+    with pytest.raises(InputValidationError, match=r"^sample_search: fixed value of feature 0"):
+        as_box([0.0], [1.0], fixed={0: float("inf")}, who="sample_search")
 
 
 # -- binding to a model (DerivativeProblem build) ---------------------------------------------

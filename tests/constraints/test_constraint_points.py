@@ -76,3 +76,28 @@ def test_box_around_and_project() -> None:
     torch.testing.assert_close(box.high, torch.tensor([1.5, 4.0], dtype=torch.float64))
     projected = box.project(torch.tensor([[9.0, -9.0]]))
     torch.testing.assert_close(projected, torch.tensor([[1.5, -4.0]]))
+
+
+def test_box_project_snaps_categorical_values_and_one_hot_groups() -> None:
+    # feature 0 continuous, 1 categorical (values given unsorted), 2..4 one category
+    # with off/on values -0.5 and 2.0 (standardised columns)
+    box = cg.Box(
+        [-1.0, -1.0, -0.5, -0.5, -0.5],
+        [1.0, 5.0, 2.0, 2.0, 2.0],
+        categorical={1: [5.0, -1.0, 2.0]},
+        one_hot=[[2, 3, 4]],
+    )
+    x = torch.tensor([[3.0, 0.4, 0.1, 1.5, 0.3], [-0.2, 9.0, 3.0, -1.0, 0.0]])
+    before = x.clone()
+    projected = box.project(x)
+    torch.testing.assert_close(
+        projected, torch.tensor([[1.0, -1.0, -0.5, 2.0, -0.5], [-0.2, 5.0, 2.0, -0.5, -0.5]])
+    )
+    assert projected.dtype == x.dtype
+    torch.testing.assert_close(x, before)  # not modified in place
+    # one point (shape (d,)) works as a row
+    torch.testing.assert_close(box.project(x[1]), projected[1])
+    # points of the domain stay where they are
+    drawn = box.sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(box.project(drawn), drawn)
+    assert bool(box.contains(projected).all())
