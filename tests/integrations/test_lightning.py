@@ -327,6 +327,7 @@ def test_load_from_checkpoint_restores_history_and_multipliers(tmp_path: Path) -
     lightning_trainer(max_steps=1).fit(loaded, loader())  # a new fit continues the state
     history = loaded.constraint_history
     assert history.steps == [0, 1, 2, 3, 4]
+    assert history.epochs == [0, 0, 0, 1, 2]  # the new fit's first epoch follows the last
     assert history.column("in_box/multiplier_max")[4] == float(final["in_box"][0])
 
 
@@ -338,6 +339,7 @@ def test_second_fit_continues_constrained_state() -> None:
     per_epoch = N // BATCH
     history = module.constraint_history
     assert history.steps == list(range(2 * per_epoch))
+    assert history.epochs == [0] * per_epoch + [1] * per_epoch  # ... but not the history's
     # the second fit starts from the first one's multipliers (a row holds the multipliers
     # before its dual step) and dual optimizer state
     assert history.column("in_box/multiplier_max")[per_epoch] == float(after_first["in_box"][0])
@@ -345,6 +347,28 @@ def test_second_fit_continues_constrained_state() -> None:
     dual = module.constraint_trainer.dual_optimizer
     assert dual is not None
     assert [int(s["step"]) for s in dual.state.values()] == [2 * per_epoch] * 2
+
+
+def test_resuming_a_second_fit_keeps_its_epoch_numbers(tmp_path: Path) -> None:
+    """A checkpoint of a second fit (history epoch 1 = Lightning epoch 0) resumes with
+    ``ckpt_path`` to the uninterrupted second fit, epochs shifted once, not twice."""
+    per_epoch = N // BATCH
+    full = Monotone()
+    lightning_trainer(max_epochs=1).fit(full, loader())
+    lightning_trainer(max_epochs=2).fit(full, loader())
+    assert full.constraint_history.epochs == [0] * per_epoch + [1] * per_epoch + [2] * per_epoch
+
+    half = Monotone()
+    lightning_trainer(max_epochs=1).fit(half, loader())
+    stopped = lightning_trainer(max_epochs=1)
+    stopped.fit(half, loader())
+    path = tmp_path / "second.ckpt"
+    stopped.save_checkpoint(path)
+    resumed = Monotone()
+    lightning_trainer(max_epochs=2).fit(resumed, loader(), ckpt_path=path)
+    assert_same_history(resumed.constraint_history, full.constraint_history)
+    for p, q in zip(resumed.net.parameters(), full.net.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_float64_precision_matches_cg_fit() -> None:

@@ -90,8 +90,13 @@ def run(
     buffer_mb: float = 0.0,
     forward_sleep: float = 0.0,
     callbacks: tuple[Any, ...] = (),
+    first_steps: int = 0,
 ) -> dict[str, Any]:
-    """Train from scratch (or resume from ``ckpt``); return the final state as plain data."""
+    """Train from scratch (or resume from ``ckpt``); return the final state as plain data.
+
+    ``first_steps``: first train that many steps without checkpoints, then continue their
+    history (``fit(history=...)``) in the checkpointed run.
+    """
     torch.set_num_threads(1)
     torch.manual_seed(0)
     np.random.seed(0)  # noqa: NPY002
@@ -107,6 +112,12 @@ def run(
         NoisyData(), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(5)
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    history = None
+    if first_steps:
+        first = cg.fit(
+            problem, loader, opt, dual_lr=0.5, steps=first_steps, update=update, progress=False
+        )
+        history = first.history
     result = cg.fit(
         problem,
         loader,
@@ -119,6 +130,7 @@ def run(
         checkpoint_dir=ckpt,
         checkpoint_every=every,
         callbacks=callbacks,
+        history=history,
     )
     return {
         "steps": result.steps,

@@ -286,3 +286,27 @@ def test_reference_run_is_deterministic_in_process(tmp_path: Path) -> None:
     again = resume_child.run(str(tmp_path), steps=STEPS, every=1)
     assert_same_run(again, want)
     assert all(float(m.max()) > 0 for m in want["multipliers"].values())
+
+
+def test_resume_of_a_continued_history_is_exact_and_shifts_epochs_once(tmp_path: Path) -> None:
+    """``fit(epochs=2, history=...)`` continuing a 3-step fit (cut in epoch 0) trains epochs
+    1 and 2; interrupted mid-epoch and called again, it resumes to the uninterrupted run,
+    epochs and epoch budget included (the checkpoint's history already holds this call's
+    epochs: they are not shifted a second time)."""
+    args: dict[str, Any] = {"steps": 100, "epochs": 2, "first_steps": 3}  # epochs end the run
+    want = resume_child.run(None, every=None, **args)
+    assert want["steps"] == 13
+    assert want["history"]["epoch"] == [0] * 3 + [1] * 5 + [2] * 5
+
+    def interrupt(info: cg.StepInfo) -> None:
+        if info.step == 9:  # step 8 done: batch 1 of epoch 2
+            raise KeyboardInterrupt
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        resume_child.run(str(ckpt), every=4, callbacks=(interrupt,), **args)
+    last = checkpoint.load(ckpt / "checkpoint.pt")
+    assert last["step"] == 9 and (last["epoch"], last["batch_in_epoch"]) == (2, 1)
+    assert_history_prefix(last["history"], want["history"], 9)
+    resumed = resume_child.run(str(ckpt), every=4, **args)
+    assert_same_run(resumed, want)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,6 +33,23 @@ def _mono_problem(model: nn.Module | None = None) -> cg.DerivativeProblem:
 
 def _sgd(problem: cg.DerivativeProblem, lr: float = 0.05) -> torch.optim.Optimizer:
     return torch.optim.SGD(problem.model.parameters(), lr=lr)
+
+
+class _EpochSampler(torch.utils.data.Sampler[int]):
+    """Sequential order; records the epochs ``fit`` passes to ``set_epoch``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
 
 
 # -- history rows --------------------------------------------------------------------------------
@@ -87,6 +105,39 @@ def test_step_budget_cuts_an_epoch_and_a_continued_history_keeps_counting() -> N
         problem, _batches(), opt, epochs=5, steps=14, history=first.history, progress=False
     )
     assert more.steps == 14 and more.history.steps == list(range(14))
+    # the continued fit starts a new epoch after the last recorded one (2, cut short)
+    assert more.history.epochs == [0] * 4 + [1] * 4 + [2] * 2 + [3] * 4
+
+
+def test_continued_history_continues_the_epoch_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """fit twice, 2 + 2 epochs: the second fit records epochs 2 and 3, not 0 and 1 again, in
+    the history, in its callbacks, in its sampler's ``set_epoch`` and in its progress bar."""
+    shuffles = _EpochSampler(32)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(32, 3), torch.randn(32, 2)),
+        batch_size=8,
+        sampler=shuffles,
+    )
+    problem = _mono_problem()
+    opt = _sgd(problem)
+    first = cg.fit(problem, loader, opt, epochs=2, progress=False)
+    seen: list[tuple[int, int]] = []
+    capsys.readouterr()
+    more = cg.fit(
+        problem,
+        loader,
+        opt,
+        epochs=2,  # two more epochs
+        history=first.history,
+        callbacks=[lambda info: seen.append((info.step, info.epoch))],
+        progress=True,
+    )
+    h = more.history
+    assert h is first.history and more.steps == 16 and h.steps == list(range(16))
+    assert h.epochs == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    assert seen == [(s + 1, e) for s, e in zip(h.steps[8:], h.epochs[8:], strict=True)]
+    assert shuffles.epochs == [0, 1, 2, 3]
+    assert "16/16" in capsys.readouterr().err  # the bar counts the continued steps too
 
 
 def test_callback_and_feasibility_stops() -> None:

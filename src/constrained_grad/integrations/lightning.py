@@ -123,7 +123,10 @@ class ConstrainedLightningModule(pl.LightningModule):
         constraint_problem: the problem (built on first use, normally at the start of fit).
         constraint_trainer: the :class:`~constrained_grad.Trainer` of the current fit.
         constraint_history: the :class:`~constrained_grad.History` of every step so far, for
-            :func:`constrained_grad.plot_history`.
+            :func:`constrained_grad.plot_history`. Its epochs count on across fits: a fit
+            continuing a history (a second ``fit``, or one after ``load_from_checkpoint``)
+            records Lightning's ``current_epoch`` plus the history's last epoch + 1;
+            resuming with ``ckpt_path=`` keeps the numbering of the saved run.
     """
 
     def __init__(
@@ -177,6 +180,8 @@ class ConstrainedLightningModule(pl.LightningModule):
         self._cg_trainer: Trainer | None = None
         #: constrained state waiting to be applied (from a checkpoint or a previous fit)
         self._cg_pending: dict[str, Any] | None = None
+        #: history epoch = Lightning's current_epoch + this (a fit continuing a history)
+        self._cg_epoch_offset = 0
 
     # -- what subclasses provide ---------------------------------------------------------------
     def build_problem(self) -> DerivativeProblem:
@@ -265,6 +270,7 @@ class ConstrainedLightningModule(pl.LightningModule):
         previous = self._cg_trainer
         if previous is not None and self._cg_pending is None:  # a second fit: carry it over
             self._cg_pending = self._constrained_state(previous)
+        self._cg_epoch_offset = 0
         self._cg_trainer = Trainer(
             problem,
             primal,
@@ -288,6 +294,12 @@ class ConstrainedLightningModule(pl.LightningModule):
             {k: v for k, v in self._cg_pending.items() if k not in _LIGHTNING_OWNED}
         )
         trainer.load_state_dict(state, source="the Lightning checkpoint")
+        if self.trainer.global_step == 0 and self.current_epoch == 0:
+            # Lightning starts afresh (a new pl.Trainer, or load_from_checkpoint): the
+            # history's epochs go on after its last one
+            self._cg_epoch_offset = trainer.next_epoch
+        else:  # Lightning restored its loops (ckpt_path=...): the saved run's numbering
+            self._cg_epoch_offset = int(self._cg_pending.get("epoch_offset", 0))
         self._cg_pending = None
 
     def _primal_optimizer(self) -> _LightningStepOptimizer:
@@ -347,7 +359,7 @@ class ConstrainedLightningModule(pl.LightningModule):
         self._apply_pending()  # normally done in on_train_start
         trainer = self._cg_trainer
         skipped = trainer.skipped
-        row = trainer.step(batch, self.current_epoch)
+        row = trainer.step(batch, self._cg_epoch_offset + self.current_epoch)
         values = dict(zip(history_columns(trainer.names), row, strict=True))
         prefix = self._cg_log_prefix
         if trainer.skipped != skipped:  # non-finite step skipped: nothing was updated
@@ -394,9 +406,9 @@ class ConstrainedLightningModule(pl.LightningModule):
                 scheduler.step()
 
     # -- checkpoints ---------------------------------------------------------------------------
-    @staticmethod
-    def _constrained_state(trainer: Trainer) -> dict[str, Any]:
+    def _constrained_state(self, trainer: Trainer) -> dict[str, Any]:
         state = trainer.state_dict()
+        state["epoch_offset"] = self._cg_epoch_offset
         return {k: v for k, v in state.items() if k not in _LIGHTNING_OWNED}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -3,9 +3,10 @@
 A checkpoint holds everything the next step depends on: model parameters and buffers,
 primal and dual optimizer states (the dual state with the constraint names of its parameter
 groups, never by position), multipliers and penalty coefficients (by constraint name), the
-history so far, the step/epoch/batch counters, and every random state that decides what
-comes next — torch's global generator, numpy's and Python's, the problem's own generator
-(random points and projections), and the state that decided the current epoch's data order.
+history so far, the step/epoch/batch counters (with the first epoch of the ``fit`` call,
+which may continue a history), and every random state that decides what comes next —
+torch's global generator, numpy's and Python's, the problem's own generator (random points
+and projections), and the state that decided the current epoch's data order.
 
 Files are written to a temporary file in the same folder, flushed and fsynced, then renamed
 over the old one (atomic on POSIX), so a kill at any moment leaves the previous checkpoint

@@ -166,6 +166,15 @@ class Trainer:
         self.sync = self._distribute(distributed, process_group)
         self._t0 = time.perf_counter()
 
+    @property
+    def next_epoch(self) -> int:
+        """The epoch after the last one :attr:`history` records (0 for an empty history).
+
+        Where a run continuing the history numbers its first epoch, as :func:`fit` does.
+        """
+        last = self.history.last()
+        return 0 if last is None else int(last["epoch"]) + 1
+
     # -- data parallel -----------------------------------------------------------------------
     def _distribute(self, distributed: bool | None, group: Any) -> RankSync | None:
         """Set up data-parallel steps; start every rank from rank 0's weights and multipliers."""
@@ -441,8 +450,14 @@ def fit(
         dual_optimizer: ``"sgd"`` (default, works with pointwise multipliers), ``"adam"``
             (aggregate constraints only), or ``factory(param_groups) -> optimizer`` with
             ``maximize=True``.
-        epochs / steps: total passes over the loader, and an optional total step budget
-            (both count the steps of a resumed run too).
+        epochs: passes over the loader in this call. With ``history=`` they are *more*
+            epochs, numbered on from the history's last epoch (a history ending in epoch 9
+            and ``epochs=10`` trains epochs 10..19); a run resumed from ``checkpoint_dir``
+            counts the epochs its interrupted call already did (call it again with the same
+            arguments).
+        steps: optional budget on the total step count, which includes the steps of a
+            continued history and of a resumed run (``steps=200`` after a history of 150
+            steps trains 50 more).
         update: ``"simultaneous"`` or ``"alternating"`` primal-dual updates.
         callbacks: ``callback(StepInfo)`` after every step; returning True stops training.
         eval_fn / eval_every: ``eval_fn(model) -> {metric: value}`` logged every
@@ -456,7 +471,9 @@ def fit(
             naming the quantity and step (after checkpointing the last good state), or
             ``"skip"`` the step: no update, no history row, no callback or evaluation (counted
             in ``FitResult.extras["skipped_steps"]``).
-        history: continue an existing history.
+        history: continue an existing history: steps and epochs are numbered on from its
+            last row (in the history, ``StepInfo``, evaluations and loggers), and a sampler's
+            ``set_epoch`` gets those epoch numbers too.
         checkpoint_dir: folder for ``checkpoint.pt``, written atomically every
             ``checkpoint_every`` steps, at the end, on interruption and before raising on a
             non-finite value. With ``resume=True`` an existing checkpoint there is loaded
@@ -529,7 +546,11 @@ def fit(
                 saved = checkpoint.load(ckpt_path)
     if sync is not None and ckpt_path is not None:
         saved = sync.broadcast_object(saved)  # no shared file system needed
-    start_epoch, skip_batches, epoch_rng, resume_rng, loader_state = 0, 0, None, None, None
+    # the first epoch of this call: after a continued history's last one; a checkpoint
+    # keeps its own (its history already holds this call's epochs)
+    first_epoch = trainer.next_epoch
+    start_epoch, skip_batches = first_epoch, 0
+    epoch_rng, resume_rng, loader_state = None, None, None
     if saved is not None:
         assert ckpt_path is not None
         checkpoint.require_keys(saved, _FIT_KEYS, ckpt_path)
@@ -541,13 +562,17 @@ def fit(
             )
         trainer.load_state_dict(saved, ckpt_path)
         mine = saved["ranks"][rank] if saved.get("ranks") is not None else saved
+        first_epoch = int(saved.get("first_epoch", 0))  # 0 in checkpoints of older versions
         start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
         epoch_rng, resume_rng = mine["epoch_rng"], mine["rng"]
         loader_state = mine["loader_rng"]
     gen = checkpoint.loader_generator(loader)
     samplers = [getattr(loader, a, None) for a in ("sampler", "batch_sampler")]
     set_epochs = [f for f in (getattr(x, "set_epoch", None) for x in samplers) if callable(f)]
-    total = steps if steps is not None else _epoch_len(loader, epochs)
+    total = steps
+    if steps is None:  # the bar starts at the steps already in the history
+        left = _epoch_len(loader, max(0, first_epoch + epochs - start_epoch))
+        total = None if left is None else trainer.step_count + max(0, left - skip_batches)
     bar = _progress(total, progress and rank == 0, initial=trainer.step_count)  # one bar per run
     stopped, feasible_run = "budget", 0
     n = len(FIELDS)
@@ -556,6 +581,7 @@ def fit(
         "epoch": start_epoch,
         "batch_in_epoch": skip_batches,
         "epoch_rng": epoch_rng,
+        "first_epoch": first_epoch,
     }
 
     def save(check: bool = False, collective: bool = True) -> None:
@@ -589,7 +615,7 @@ def fit(
         return steps is None or trainer.step_count < steps
 
     try:
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, first_epoch + epochs):
             if not budget_left():
                 break
             if epoch == start_epoch and skip_batches and position["epoch_rng"] is not None:
