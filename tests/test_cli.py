@@ -320,6 +320,25 @@ def test_diagnose_prints_the_reading_and_strict_fails_on_runaway(
     assert "box: satisfied" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_diagnose_reads_an_equality_as_an_equality_from_either_file(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Signed h alternates in sign and shrinks: converging as an equality; its largest
+    value stays >= 0.3, which an inequality reading would not call converging."""
+    h = cg.History(["eq"], meta={"constraint_kinds": {"eq": "equality"}})
+    for k in range(40):
+        mean = (-1) ** k * 0.5 * 0.9**k
+        h.log_step(k, 0, float(k), [1.0, 1.0, mean, abs(mean) + 0.3, 1.0] + [-1 - 0.01 * k] * 5)
+    expected = cg.diagnose(h)["eq"]
+    assert expected.status == "converging"
+    assert cg.diagnose(h, kinds={"eq": "inequality"})["eq"].status != "converging"
+    path = tmp_path / f"history{suffix}"
+    h.save_json(path) if suffix == ".json" else h.save_csv(path)
+    assert cli.main(["diagnose", str(path)]) == 0
+    assert f"  {expected}" in capsys.readouterr().out
+
+
 def test_diagnose_reads_the_demo_history(auto_mpg_run: tuple[Path, str], capsys) -> None:
     out, _ = auto_mpg_run
     assert cli.main(["diagnose", str(out / "history.json")]) == 0

@@ -166,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         "history.csv, e.g. from the demo or History.save_json): per constraint one of "
         "inactive, satisfied, boundary, converging, runaway, violated, non-finite, too-short, "
         "with the "
-        "numbers and what to try. A CSV file carries no constraint kinds, so exact "
-        "equalities are read as inequalities there; prefer the JSON file.",
+        "numbers and what to try. Both files carry the constraint kinds (in a CSV, its "
+        "first '#' line); a CSV without that line, written by an older version, reads exact "
+        "equalities as inequalities.",
     )
     diag.add_argument("history", metavar="HISTORY", help="path of history.json or history.csv")
     diag.add_argument(

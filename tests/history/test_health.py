@@ -161,7 +161,7 @@ def test_inactive_and_boundary_constraints_in_a_real_fit():
     assert r.multiplier_end > 0.1
 
 
-def test_kinds_survive_a_json_round_trip(tmp_path):
+def _equality_run():
     eq = cg.Custom(
         lambda values: values.columns([0])[:, 0, :] - 1.0,
         needs=cg.Needs(columns=frozenset({0})),
@@ -170,12 +170,29 @@ def test_kinds_survive_a_json_round_trip(tmp_path):
     )
     problem = _linear_problem([eq])
     opt = torch.optim.SGD(problem.model.parameters(), lr=0.05)
-    res = cg.fit(problem, _data(0.0), opt, dual_lr=0.2, epochs=30, progress=False)
+    return cg.fit(problem, _data(0.0), opt, dual_lr=0.2, epochs=30, progress=False)
+
+
+def test_kinds_survive_a_json_round_trip(tmp_path):
+    res = _equality_run()
     path = tmp_path / "h.json"
     res.history.save_json(path)
     loaded = cg.History.load_json(path)
     assert loaded.meta["constraint_kinds"] == {"slope_is_one": "equality"}
     assert cg.diagnose(loaded) == cg.diagnose(res.history)
+
+
+def test_equality_reads_the_same_after_a_csv_round_trip_as_after_json(tmp_path):
+    res = _equality_run()
+    res.history.save_json(tmp_path / "h.json")
+    res.history.save_csv(tmp_path / "h.csv")
+    from_json = cg.History.load_json(tmp_path / "h.json")
+    from_csv = cg.History.load_csv(tmp_path / "h.csv")
+    assert from_csv.meta == from_json.meta == res.history.meta
+    assert cg.diagnose(from_csv) == cg.diagnose(from_json) == cg.diagnose(res.history)
+    # the reading depends on the kind: as an inequality the run reads otherwise
+    inequality = cg.diagnose(from_json, kinds={"slope_is_one": "inequality"})
+    assert inequality != cg.diagnose(from_json)
 
 
 # ------------------------------------------------------------------ bad input

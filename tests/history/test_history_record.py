@@ -254,7 +254,13 @@ def test_csv_round_trip_is_exact(tmp_path):
     h = make_history(20)
     path = tmp_path / "h.csv"
     h.save_csv(path)
-    header = path.read_text().splitlines()[0].split(",")
+    meta_line, header_line, *_ = path.read_text().splitlines()
+    assert meta_line.startswith("# ") and json.loads(meta_line[2:]) == {
+        "format": "constrained_grad.History",
+        "version": 1,
+        "meta": h.meta,
+    }
+    header = header_line.split(",")
     assert header[:5] == ["step", "epoch", "wall_time", "loss", "lagrangian"]
     assert header[-5:] == [
         "mono/multiplier[0]",
@@ -266,9 +272,34 @@ def test_csv_round_trip_is_exact(tmp_path):
     back = History.load_csv(path)
     assert canon(back) == canon(h)
     assert back.constraint_names == NAMES
-    assert back.meta == {} and back.evals == []  # CSV holds the step table only
+    assert back.meta == h.meta and back.evals == []  # the step table and the meta only
     with_meta = History.load_csv(path, meta={"run": 1}, constraint_names=NAMES)
     assert with_meta.meta == {"run": 1} and canon(with_meta) == canon(h)
+    # a file without the meta line (an older version's) still loads, with an empty meta
+    old = tmp_path / "old.csv"
+    old.write_text(path.read_text().split("\n", 1)[1])
+    assert not old.read_text().startswith("#")
+    back = History.load_csv(old)
+    assert back.meta == {} and canon(back) == canon(h)
+
+
+def test_csv_meta_line_must_be_a_history_meta_line(tmp_path):
+    h = make_history(3)
+    h.save_csv(tmp_path / "h.csv")
+    meta_line, rest = (tmp_path / "h.csv").read_text().split("\n", 1)
+    for bad, match in [
+        ("# just a note", "not the meta line of a saved History"),
+        ('# {"format": "other", "meta": {}}', "not the meta line of a saved History"),
+        (meta_line.replace('"version": 1', '"version": 7'), "format version 7"),
+        (meta_line.replace('"meta": {', '"meta": [{').replace("}}", "}]}"), "must be an object"),
+    ]:
+        (tmp_path / "bad.csv").write_text(bad + "\n" + rest)
+        with pytest.raises(CheckpointError, match=match):
+            History.load_csv(tmp_path / "bad.csv")
+    h.meta["tensor"] = torch.zeros(1)
+    with pytest.raises(InputValidationError, match="save_csv: meta must be JSON-compatible"):
+        h.save_csv(tmp_path / "h.csv")
+    assert (tmp_path / "h.csv").read_text() == meta_line + "\n" + rest  # left as it was
 
 
 def test_csv_of_history_without_multipliers(tmp_path):
@@ -345,20 +376,23 @@ def test_loading_a_different_layout_fails_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="not valid JSON"):
         History.load_json(tmp_path / "broken.json")
 
-    lines = (tmp_path / "h.csv").read_text().splitlines()
+    meta, header, row, *_ = (tmp_path / "h.csv").read_text().splitlines()
     (tmp_path / "renamed.csv").write_text(
-        "\n".join([lines[0].replace("mono/fraction_violated", "mono/frac"), *lines[1:]])
+        "\n".join([meta, header.replace("mono/fraction_violated", "mono/frac"), row])
     )
     with pytest.raises(CheckpointError, match="does not match the layout"):
         History.load_csv(tmp_path / "renamed.csv")
-    (tmp_path / "cells.csv").write_text("\n".join([lines[0], lines[1] + ",1.0"]))
+    (tmp_path / "cells.csv").write_text("\n".join([meta, header, row + ",1.0"]))
+    with pytest.raises(CheckpointError, match="line 3"):  # line 1 is the meta line
+        History.load_csv(tmp_path / "cells.csv")
+    (tmp_path / "cells.csv").write_text("\n".join([header, row + ",1.0"]))
     with pytest.raises(CheckpointError, match="line 2"):
         History.load_csv(tmp_path / "cells.csv")
     (tmp_path / "foreign.csv").write_text("a,b\n1,2\n")
     with pytest.raises(CheckpointError, match="does not start with columns"):
         History.load_csv(tmp_path / "foreign.csv")
     (tmp_path / "text.csv").write_text(
-        "\n".join([lines[0], lines[1].replace(lines[1].split(",")[3], "abc", 1)])
+        "\n".join([meta, header, row.replace(row.split(",")[3], "abc", 1)])
     )
     with pytest.raises(CheckpointError, match="not a float"):
         History.load_csv(tmp_path / "text.csv")

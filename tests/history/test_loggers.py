@@ -154,6 +154,7 @@ def test_fit_with_both_loggers_writes_exactly_the_history(tmp_path):
     assert path.read_text(encoding="utf-8") == csv_text(h, tmp_path)
     back = History.load_csv(path)
     assert back.steps == h.steps and back.to_columns() == h.to_columns()
+    assert back.meta == h.meta == {"constraint_kinds": {"mono": "inequality"}}  # for diagnose
 
 
 @needs_tb
@@ -278,6 +279,29 @@ def test_continuing_a_loaded_history_keeps_the_file(tmp_path):
         log(cont)
     log.close()
     assert path.read_text(encoding="utf-8") == csv_text(full, tmp_path)
+
+
+def test_meta_line_is_written_and_added_to_a_file_without_one(tmp_path):
+    full = hand_history(n=8)
+    full.meta.update(constraint_kinds={"a": "equality"}, seed=3)
+    path = tmp_path / "h.csv"
+    part = History(full.constraint_names, full.meta)
+    with CSVLogger(path) as log:
+        for k in range(1, 6):
+            log(grow(part, full, k))
+    assert path.read_text(encoding="utf-8").startswith('# {"format": "constrained_grad.History"')
+    assert History.load_csv(path).meta == full.meta
+    # a file an older version wrote has no meta line: continuing it writes the history's
+    old = History(full.constraint_names)
+    grow(old, full, 5)
+    old.save_csv(path)
+    assert not path.read_text(encoding="utf-8").startswith("#")
+    cont = History.load_csv(path, meta=full.meta)
+    with CSVLogger(path) as log:
+        for k in (6, 7, 8):
+            log(grow(cont, full, k))
+    assert path.read_text(encoding="utf-8") == csv_text(full, tmp_path)
+    assert cg.diagnose(History.load_csv(path)) == cg.diagnose(full)
 
 
 def test_half_written_last_line_is_dropped_and_the_gap_caught_up(tmp_path):

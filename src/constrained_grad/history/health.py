@@ -29,8 +29,9 @@ Statuses (:math:`v`: largest violation, :math:`m`: largest multiplier):
 
 Exact equalities (``kind="equality"`` with tolerance 0) have a signed violation :math:`h`;
 they are read through :math:`|\,\mathrm{mean}\ h|` and :math:`\max|\lambda|`. The kinds
-come from ``history.meta["constraint_kinds"]`` (written by the training loop) or ``kinds=``;
-without either, every constraint is read as an inequality.
+come from ``history.meta["constraint_kinds"]`` (written by the training loop, kept by
+``save_json`` and ``save_csv``) or ``kinds=``; without either, every constraint is read as
+an inequality.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ multiple of ``every``; they always return ``None``, so they never stop training.
   step the evaluation was recorded with). TensorBoard is an optional dependency, imported
   when the logger is built.
 * :class:`CSVLogger` appends one row per step with exactly the columns and number format of
-  :meth:`History.save_csv`, appended to the file at every call.
+  :meth:`History.save_csv`, appended to the file at every call, after the same first line
+  with the history's ``meta``.
 
 Resuming: the first call for a history (a new History object, or one whose newest step is
 older than what the logger saw before, i.e. truncated) makes the destination hold the
@@ -40,7 +41,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from constrained_grad.errors import CheckpointError, InputValidationError
-from constrained_grad.history.record import _INDEX_COLUMNS, History, atomic_writer
+from constrained_grad.history.record import (
+    _INDEX_COLUMNS,
+    History,
+    _csv_meta_line,
+    _split_csv_meta,
+    atomic_writer,
+)
 from constrained_grad.parallel import is_main_process
 
 __all__ = ["CSVLogger", "TensorBoardLogger"]
@@ -378,18 +385,20 @@ class CSVLogger(_HistoryLogger):
 
     The header is ``step, epoch, wall_time``, the history columns, then
     ``<constraint>/multiplier[k]`` for the individual multipliers the history holds; floats
-    are written with ``repr`` and the file loads with :meth:`History.load_csv`. Each call
-    opens the file, appends its rows and closes it again, so a crash of the training process
-    loses nothing and no file handle stays open; :meth:`flush`/:meth:`close` also ``fsync``
-    (against a crash of the machine). Evaluations are not part of the CSV (save the
-    history as JSON for those).
+    are written with ``repr`` and the file loads with :meth:`History.load_csv`. Before the
+    header, as in :meth:`History.save_csv`, a ``#`` line holds the history's ``meta`` (with
+    the constraint kinds ``fit`` records) as it is on the first call for the history. Each
+    call opens the file, appends its rows and closes it again, so a crash of the training
+    process loses nothing and no file handle stays open; :meth:`flush`/:meth:`close` also
+    ``fsync`` (against a crash of the machine). Evaluations are not part of the CSV (save
+    the history as JSON for those).
 
     Resuming (the first call for a history, see the module doc): an existing file must have
     the header of this history's constraints (else :class:`CheckpointError`, the file is left
     alone); its rows of steps before the history's first step are kept, later rows are
-    replaced by the history's. A half-written last line (killed while writing) is dropped.
-    Should a later row carry more multiplier values than the header has columns for, the
-    file is rewritten once with the wider header.
+    replaced by the history's, and its meta line becomes this history's. A half-written last
+    line (killed while writing) is dropped. Should a later row carry more multiplier values
+    than the header has columns for, the file is rewritten once with the wider header.
     """
 
     def __init__(self, path: str | os.PathLike[str], every: int = 1) -> None:
@@ -404,15 +413,21 @@ class CSVLogger(_HistoryLogger):
         self._track = _StepTracker(self.every)
         self._columns: tuple[str, ...] = ()
         self._widths: dict[str, int] = {}
+        self._meta_line: str | None = None
 
     # ------------------------------------------------------------------ writing
 
-    def _read(self, names: Sequence[str]) -> tuple[dict[str, int], list[list[str]], bool]:
-        """Widths, rows and whether the file needs rewriting (half-written last line)."""
+    def _read(
+        self, names: Sequence[str]
+    ) -> tuple[dict[str, int], list[list[str]], bool, str | None]:
+        """Widths, rows, whether the file needs rewriting (half-written last line), meta line."""
         with open(self.path, encoding="utf-8", newline="") as fh:
             text = fh.read()
+        source = repr(os.fspath(self.path))
+        meta_line, _, text = _split_csv_meta(text, "CSVLogger", source)
+        first = 1 if meta_line is None else 2  # the file's line number of the header
         lines = list(csv.reader(text.splitlines(keepends=True)))
-        header, rows = lines[0], lines[1:]
+        header, rows = (lines[0], lines[1:]) if lines else ([], [])
         base = [*_INDEX_COLUMNS, *self._columns]
         widths = _parse_widths(header[len(base) :], names)
         if header[: len(base)] != base or widths is None:
@@ -426,36 +441,37 @@ class CSVLogger(_HistoryLogger):
         if rows and (not text.endswith("\n") or len(rows[-1]) != len(header)):
             rows.pop()  # the process died while writing this line
             damaged = True
-        for k, cells in enumerate(rows, start=2):
+        for k, cells in enumerate(rows, start=first + 1):
             if len(cells) != len(header):
                 raise CheckpointError(
-                    f"CSVLogger: line {k} of {os.fspath(self.path)!r} has {len(cells)} cells, "
+                    f"CSVLogger: line {k} of {source} has {len(cells)} cells, "
                     f"the header has {len(header)}. The file is damaged; log to a new path."
                 )
-        return widths, rows, damaged
+            try:
+                int(cells[0])
+            except ValueError:
+                raise CheckpointError(
+                    f"CSVLogger: line {k} of {source} has a step that is not an integer (got "
+                    f"{cells[0]!r}). The file is damaged; log to a new path."
+                ) from None
+        return widths, rows, damaged, meta_line
 
     def _start(self, h: History) -> None:
         """First call for this history: check the file, keep its rows before the history."""
         first = h._steps[0]
         names = list(h._names)
         self._columns = h._columns
+        self._meta_line = _csv_meta_line(h.meta, "CSVLogger")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         exists = self.path.exists() and self.path.stat().st_size > 0
         widths: dict[str, int] = {}
         kept: list[list[str]] = []
         rewrite = not exists
         if exists:
-            widths, rows, rewrite = self._read(names)
-            for k, cells in enumerate(rows, start=2):
-                try:
-                    step = int(cells[0])
-                except ValueError:
-                    raise CheckpointError(
-                        f"CSVLogger: line {k} of {os.fspath(self.path)!r} has a step that is "
-                        f"not an integer (got {cells[0]!r}). The file is damaged; log to a "
-                        "new path."
-                    ) from None
-                if step < first:
+            widths, rows, rewrite, meta_line = self._read(names)
+            rewrite = rewrite or meta_line != self._meta_line
+            for cells in rows:
+                if int(cells[0]) < first:  # an integer: checked by _read
                     kept.append(cells)
                 else:
                     rewrite = True
@@ -485,6 +501,8 @@ class CSVLogger(_HistoryLogger):
 
     def _rewrite(self, rows: list[list[str]]) -> None:
         with atomic_writer(self.path) as fh:
+            if self._meta_line is not None:
+                fh.write(self._meta_line + "\n")
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(_csv_header(self._columns, self._widths))
             w.writerows(rows)
@@ -496,7 +514,7 @@ class CSVLogger(_HistoryLogger):
         if grown != self._widths:  # rare: more multiplier values than the header holds
             n_base = len(_INDEX_COLUMNS) + len(self._columns)
             old = self._widths
-            _, existing, _ = self._read(list(h._names))
+            _, existing, _, _ = self._read(list(h._names))
             self._widths = grown
             self._rewrite([_relayout(c, n_base, old, grown) for c in existing])
         buf = io.StringIO()

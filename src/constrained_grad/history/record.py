@@ -14,9 +14,10 @@ quantile of :math:`\lambda`. Small constraints may also log every multiplier val
 Records are plain Python lists of floats (no tensors, no pandas), so appending costs about
 a microsecond and a history survives the process that made it: it saves to JSON (strict
 JSON: non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``,
-``"-Infinity"``) or CSV (one row per step, floats written with ``repr``), and both round
-trips are exact, NaN, infinities and ``-0.0`` included. Files are written atomically, and
-under ``torch.distributed`` by rank 0 only.
+``"-Infinity"``) or CSV (one row per step, floats written with ``repr``, after a first
+``#`` line holding ``meta`` as JSON), and both round trips are exact, NaN, infinities and
+``-0.0`` included; only JSON keeps the evaluations. Files are written atomically, and under
+``torch.distributed`` by rank 0 only.
 """
 
 from __future__ import annotations
@@ -165,6 +166,68 @@ def _as_int(v: Any, where: str, source: str) -> int:
     )
 
 
+def _json_text(obj: Any, who: str, indent: int | None = None) -> str:
+    """Strict JSON of ``obj``; an ``InputValidationError`` blaming the meta otherwise."""
+    try:
+        return json.dumps(obj, allow_nan=False, indent=indent)
+    except (TypeError, ValueError) as err:
+        raise InputValidationError(
+            f"{who}: meta must be JSON-compatible with finite floats ({err}). "
+            "Store strings, numbers, lists and dicts in history.meta."
+        ) from None
+
+
+def _csv_meta_line(meta: Mapping[str, Any], who: str) -> str | None:
+    """The first line of a history CSV: ``# {"format": ..., "version": ..., "meta": {...}}``.
+
+    None for an empty ``meta`` (the file then starts with its header, as before meta was
+    kept). One line of strict JSON without its newline; see :func:`_split_csv_meta`.
+    """
+    if not meta:
+        return None
+    data = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "meta": dict(meta)}
+    return "# " + _json_text(data, who)
+
+
+def _split_csv_meta(text: str, who: str, source: str) -> tuple[str | None, dict[str, Any], str]:
+    """``(meta line, meta, rest)`` of a history CSV's text; ``(None, {}, text)`` without one.
+
+    A first line starting with ``#`` must be a meta line written by :func:`_csv_meta_line`.
+    """
+    if not text.startswith("#"):
+        return None, {}, text
+    line, _, rest = text.partition("\n")
+    line = line.removesuffix("\r")
+    try:
+        data = json.loads(line[1:])
+    except json.JSONDecodeError as err:
+        data, detail = None, f" ({err})"
+    else:
+        detail = ""
+    _check_format(
+        data,
+        who,
+        source,
+        f"line 1 of {source} starts with '#' but is not the meta line of a saved History"
+        f"{detail}. Load a file written by History.save_csv, or delete that line.",
+    )
+    meta = data.get("meta")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{who}: 'meta' on line 1 of {source} must be an object.")
+    return line, meta, rest
+
+
+def _check_format(data: Any, who: str, source: str, not_a_history: str) -> None:
+    """Raise ``CheckpointError`` unless ``data`` is a mapping of this format and version."""
+    if not isinstance(data, Mapping) or data.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{who}: {not_a_history}")
+    if data.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{who}: {source} has format version {data.get('version')!r}; this version of "
+            f"constrained_grad reads version {FORMAT_VERSION}."
+        )
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -213,7 +276,8 @@ class History:
 
     Args:
         constraint_names: the constraints whose statistics each step carries, in order.
-        meta: free-form, JSON-compatible run information (model, seed, settings, ...).
+        meta: free-form, JSON-compatible run information (model, seed, settings, ...), kept
+            by both :meth:`save_json` and :meth:`save_csv`.
 
     Example:
         >>> h = History(["mono"])
@@ -593,16 +657,13 @@ class History:
         With ``constraint_names`` the stored layout must match it exactly.
         Raises :class:`~constrained_grad.errors.CheckpointError` on any layout mismatch.
         """
-        if not isinstance(data, Mapping) or data.get("format") != FORMAT_NAME:
-            raise CheckpointError(
-                f"History.load: {source} is not a saved History (missing "
-                f"format={FORMAT_NAME!r}). Load files written by History.save_json."
-            )
-        if data.get("version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"History.load: {source} has format version {data.get('version')!r}; this "
-                f"version of constrained_grad reads version {FORMAT_VERSION}."
-            )
+        _check_format(
+            data,
+            "History.load",
+            source,
+            f"{source} is not a saved History (missing format={FORMAT_NAME!r}). Load files "
+            "written by History.save_json.",
+        )
         names = data.get("constraint_names")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise CheckpointError(
@@ -715,13 +776,7 @@ class History:
             {"step": e["step"], "metrics": {k: _encode_float(v) for k, v in e["metrics"].items()}}
             for e in d["evals"]
         ]
-        try:
-            text = json.dumps(d, allow_nan=False, indent=indent)
-        except (TypeError, ValueError) as err:
-            raise InputValidationError(
-                f"History.save_json: meta must be JSON-compatible with finite floats ({err}). "
-                "Store strings, numbers, lists and dicts in history.meta."
-            ) from None
+        text = _json_text(d, "History.save_json", indent)
         with atomic_writer(path) as fh:
             fh.write(text)
 
@@ -752,13 +807,22 @@ class History:
         """One row per step: step, epoch, wall_time, the columns, then ``n/multiplier[k]``.
 
         Floats are written with ``repr`` (``nan``, ``inf``, ``-inf`` included); empty cells
-        mean "not logged". Meta and evaluations are not part of the CSV (use JSON for those).
-        Under ``torch.distributed`` only rank 0 writes; other ranks return without writing.
+        mean "not logged". A non-empty :attr:`meta` (e.g. the constraint kinds ``fit``
+        records, which :func:`~constrained_grad.diagnose` reads) comes first, as one line
+        ``# {"format": "constrained_grad.History", "version": 1, "meta": {...}}``, and must be
+        JSON-compatible as for :meth:`save_json`; skip that line when reading the file with
+        other tools (``pandas.read_csv(path, skiprows=1)``, or
+        ``History.load_csv(path).to_pandas()``). Evaluations are not part of the CSV (use
+        JSON for those). Under ``torch.distributed`` only rank 0 writes; other ranks return
+        without writing.
         """
         if not is_main_process():
             return
         header, widths = self._csv_header()
         buf = io.StringIO()
+        meta_line = _csv_meta_line(self.meta, "History.save_csv")
+        if meta_line is not None:
+            buf.write(meta_line + "\n")
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(header)
         for i in range(len(self._steps)):
@@ -783,11 +847,16 @@ class History:
     ) -> History:
         """Read a file written by :meth:`save_csv`; constraint names come from the header.
 
-        With ``constraint_names`` the header must match that layout exactly.
+        With ``constraint_names`` the header must match that layout exactly. The meta is
+        the file's (``{}`` for a file without the meta line, e.g. written by an older
+        version); a ``meta`` given here replaces it.
         """
         source = repr(os.fspath(path))
         with open(path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.reader(fh))
+            text = fh.read()
+        meta_line, stored, text = _split_csv_meta(text, "History.load_csv", source)
+        first = 1 if meta_line is None else 2  # the file's line number of the header
+        rows = list(csv.reader(io.StringIO(text, newline="")))
         if not rows:
             raise CheckpointError(f"History.load_csv: {source} is empty (no header).")
         header = rows[0]
@@ -810,9 +879,9 @@ class History:
                 )
             assert name is not None
             widths[name] = widths.get(name, 0) + 1
-        h = cls(names, meta)
+        h = cls(names, stored if meta is None else meta)
         nv = len(h._columns)
-        for line, cells in enumerate(rows[1:], start=2):
+        for line, cells in enumerate(rows[1:], start=first + 1):
             if len(cells) != len(header):
                 raise CheckpointError(
                     f"History.load_csv: line {line} of {source} has {len(cells)} cells, the "
