@@ -140,6 +140,25 @@ def test_continued_history_continues_the_epoch_count(capsys: pytest.CaptureFixtu
     assert "16/16" in capsys.readouterr().err  # the bar counts the continued steps too
 
 
+def test_a_logged_history_with_step_gaps_can_be_continued(tmp_path: object) -> None:
+    """A CSVLogger(every=2) file holds steps 0, 2, 4, ...: fit continues after its last step
+    and epoch (it used to number on from the row count and refuse the non-increasing step)."""
+    path = tmp_path / "log.csv"  # type: ignore[operator]
+    problem = _mono_problem()
+    opt = _sgd(problem)
+    cg.fit(
+        problem, _batches(), opt, epochs=2, callbacks=[cg.CSVLogger(path, every=2)], progress=False
+    )
+    logged = cg.History.load_csv(path)
+    assert logged.steps == [0, 2, 4, 6]  # 8 steps, every second one logged
+    more = cg.fit(problem, _batches(), opt, epochs=1, history=logged, progress=False)
+    assert more.history.steps == [0, 2, 4, 6, 7, 8, 9, 10]
+    assert more.history.epochs == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert more.steps == 11
+    budget = cg.fit(problem, _batches(), opt, epochs=5, steps=13, history=logged, progress=False)
+    assert budget.history.steps[-3:] == [10, 11, 12]  # the step budget counts step numbers
+
+
 def test_callback_and_feasibility_stops() -> None:
     problem = _mono_problem()
     result = cg.fit(

@@ -138,7 +138,8 @@ class Trainer:
         self.history.meta.setdefault(
             "constraint_kinds", {n: c.effective_kind for n, c in problem.specs.items()}
         )
-        self.step_count = len(self.history)
+        last = self.history.last()  # a loaded CSVLogger(every=k) history has gaps in its steps
+        self.step_count = 0 if last is None else int(last["step"]) + 1
         self.skipped = 0
         self.state_consistent = True  # False after a failure between primal and dual updates
         self._multipliers = {n: c.multiplier for n, c in problem.named_constraints()}
