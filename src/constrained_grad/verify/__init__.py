@@ -1,7 +1,9 @@
 """Verification after training: sampled and adversarial worst-case search, exact MILP
-certificates for ReLU networks, and counterexample-guided constraint points."""
+certificates for ReLU networks, interval certificates for smooth ones, and
+counterexample-guided constraint points."""
 
 from constrained_grad.verify.counterexamples import Counterexamples
+from constrained_grad.verify.interval import certify_interval, interval_derivative_bounds
 from constrained_grad.verify.milp import (
     Certificate,
     CertificateSet,
@@ -28,7 +30,9 @@ __all__ = [
     "VerificationReport",
     "adversarial_search",
     "certify_derivative_sign",
+    "certify_interval",
     "certify_monotonic",
+    "interval_derivative_bounds",
     "sample_search",
     "verify",
     "violation_function",

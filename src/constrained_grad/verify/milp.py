@@ -48,9 +48,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -104,11 +104,20 @@ def _flatten_modules(model: torch.nn.Module, prefix: str) -> list[tuple[str, tor
     return [(prefix.rstrip("."), model)]
 
 
-def parse_network(model: torch.nn.Module, n_inputs: int, *, who: str = "milp") -> list[_Layer]:
+def parse_network(
+    model: torch.nn.Module,
+    n_inputs: int,
+    *,
+    who: str = "milp",
+    extra: Callable[[torch.nn.Module], Any] | None = None,
+    supported: str | None = None,
+) -> list[_Layer]:
     """The affine and activation layers of ``model`` in float64, shapes checked.
 
     Raises :class:`~constrained_grad.errors.CertificationError` naming the first layer that
-    cannot be encoded (index path and type) or whose shape does not fit.
+    cannot be encoded (index path and type) or whose shape does not fit. ``extra`` maps a
+    module this parser does not know to a layer object (or None to refuse it); ``supported``
+    then replaces the list of layers named in the refusal (used by the interval certifier).
     """
     if not isinstance(model, torch.nn.Module):
         raise CertificationError(
@@ -116,7 +125,7 @@ def parse_network(model: torch.nn.Module, n_inputs: int, *, who: str = "milp") -
             f"nn.Sequential of {SUPPORTED_LAYERS}."
         )
     if isinstance(model, Ensemble):
-        return _parse_ensemble(model, n_inputs, who)
+        return _parse_ensemble(model, n_inputs, who, extra, supported)
     layers: list[_Layer] = []
     width = n_inputs
     for path, m in _flatten_modules(model, ""):
@@ -153,6 +162,13 @@ def parse_network(model: torch.nn.Module, n_inputs: int, *, who: str = "milp") -
                     f"{who}: {name} is in training mode (got p={m.p}), so the model is random. "
                     "Call model.eval() before certifying."
                 )
+        elif extra is not None and (layer := extra(m)) is not None:
+            layers.append(layer)
+        elif supported is not None:
+            raise CertificationError(
+                f"{who}: {name} is not a supported layer: {supported}. Use "
+                "sample_search/adversarial_search for this model, or replace the layer."
+            )
         else:
             raise CertificationError(
                 f"{who}: {name} is not a supported piecewise-linear layer. The exact certifier "
@@ -167,7 +183,13 @@ def parse_network(model: torch.nn.Module, n_inputs: int, *, who: str = "milp") -
     return layers
 
 
-def _parse_ensemble(model: Ensemble, n_inputs: int, who: str) -> list[_Layer]:
+def _parse_ensemble(
+    model: Ensemble,
+    n_inputs: int,
+    who: str,
+    extra: Callable[[torch.nn.Module], Any] | None = None,
+    supported: str | None = None,
+) -> list[_Layer]:
     """An :class:`~constrained_grad.Ensemble` as ONE network with block-diagonal layers:
 
     first affine ``[W_1; ...; W_K]`` (members side by side on the shared input), later
@@ -175,12 +197,21 @@ def _parse_ensemble(model: Ensemble, n_inputs: int, who: str) -> list[_Layer]:
     affine ``[w_1 I, ..., w_K I]`` with bias ``b``. Exact (same function) when the members
     have the same sequence of affine and activation layers (widths may differ)."""
     parts = [
-        parse_network(m, n_inputs, who=f"{who}: ensemble member {k}")
+        parse_network(
+            m, n_inputs, who=f"{who}: ensemble member {k}", extra=extra, supported=supported
+        )
         for k, m in enumerate(model.members)
     ]
 
     def shape(layers: list[_Layer]) -> list[str]:
-        return ["affine" if isinstance(x, _Affine) else f"act({x.slope:g})" for x in layers]
+        return [
+            "affine"
+            if isinstance(x, _Affine)
+            else f"act({x.slope:g})"
+            if isinstance(x, _Activation)
+            else repr(x)
+            for x in layers
+        ]
 
     first = shape(parts[0])
     for k, layers in enumerate(parts[1:], start=1):
@@ -220,8 +251,10 @@ def _forward_numpy(layers: list[_Layer], x: np.ndarray) -> np.ndarray:
     for layer in layers:
         if isinstance(layer, _Affine):
             h = h @ layer.weight.T + layer.bias
-        else:
+        elif isinstance(layer, _Activation):
             h = np.where(h > 0, h, layer.slope * h)
+        else:  # a layer object of another certifier (e.g. interval.Smooth) applies itself
+            h = layer(h)
     return h
 
 
@@ -568,6 +601,10 @@ class Certificate:
     ``status`` is ``"violated"`` if some side has a confirmed counterexample, else
     ``"unknown"`` if some side could not be decided (time limit, solver failure, a MILP
     optimum that autograd cannot reproduce), else ``"certified"``.
+
+    ``method`` is ``"milp"`` or ``"interval"`` (:func:`~constrained_grad.certify_interval`:
+    no MILP, so ``n_binaries``, ``n_variables`` and ``n_constraints`` are 0 and each check's
+    ``nodes`` counts boxes).
     """
 
     status: Status
@@ -584,6 +621,7 @@ class Certificate:
     tol: float
     tighten: str = "ibp"
     mode: str = "decide"
+    method: str = "milp"
 
     @property
     def certified(self) -> bool:
@@ -599,14 +637,19 @@ class Certificate:
 
     def summary(self) -> str:
         parts = []
+        interval = self.method == "interval"
         for c in self.checks:
             rel = ">=" if c.side == "lower" else "<="
             ext = "min" if c.side == "lower" else "max"
+            found = f"{ext} seen" if interval else f"MILP {ext}"
             parts.append(
                 f"d out{self.output_index}/d x{self.input_index} {rel} {c.bound:g}: {c.status} "
-                f"(MILP {ext} {_fmt(c.milp_value)}, bound {_fmt(c.milp_bound)}, "
+                f"({found} {_fmt(c.milp_value)}, bound {_fmt(c.milp_bound)}, "
                 f"autograd {_fmt(c.autograd_value)}, {c.solve_time:.3g} s)"
             )
+        if interval:
+            boxes = sum(c.nodes or 0 for c in self.checks)
+            return f"{self.status}: " + "; ".join(parts) + f" [interval, {boxes} boxes]"
         return (
             f"{self.status}: " + "; ".join(parts) + f" [{self.n_binaries} binaries, "
             f"{self.n_variables} variables, {self.n_constraints} constraints]"
@@ -958,6 +1001,32 @@ def _check_bound(value: float | None, name: str, who: str) -> float | None:
     return out
 
 
+def _check_bounds(
+    lower: float | None, upper: float | None, who: str
+) -> tuple[float | None, float | None]:
+    """``lower`` and ``upper`` as floats or None: at least one, finite, in order."""
+    lower = _check_bound(lower, "lower", who)
+    upper = _check_bound(upper, "upper", who)
+    if lower is None and upper is None:
+        raise InputValidationError(
+            f"{who}: no bound to check (got lower=None, upper=None). Pass lower=0.0 to "
+            "certify an increasing relation, or upper=0.0 for a decreasing one."
+        )
+    if lower is not None and upper is not None and lower > upper:
+        raise InputValidationError(f"{who}: lower > upper (got {lower} > {upper}). Swap them.")
+    return lower, upper
+
+
+def _check_time_limit(time_limit: object, who: str) -> None:
+    if time_limit is not None and not (
+        isinstance(time_limit, int | float) and math.isfinite(time_limit) and time_limit > 0
+    ):
+        raise InputValidationError(
+            f"{who}: time_limit must be a positive number of seconds or None (got "
+            f"{time_limit!r}). Pass e.g. time_limit=60."
+        )
+
+
 @dataclass
 class _Prepared:
     layers: list[_Layer]
@@ -974,9 +1043,11 @@ def _prepare(
     categorical: Mapping[int, Sequence[float]] | None,
     one_hot: Sequence[Sequence[int]] | None,
     who: str,
+    extra: Callable[[torch.nn.Module], Any] | None = None,
+    supported: str | None = None,
 ) -> _Prepared:
     box = as_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
-    layers = parse_network(model, box.dim, who=who)
+    layers = parse_network(model, box.dim, who=who, extra=extra, supported=supported)
     oracle = _AutogradOracle(model)
     # the layer list must be what the model computes (a subclass may override forward)
     probe = np.stack([box.low.numpy(), box.high.numpy(), (box.low + box.high).numpy() / 2])
@@ -1044,26 +1115,12 @@ def certify_derivative_sign(
         :class:`~constrained_grad.errors.InputValidationError` for bad arguments.
     """
     who = "certify_derivative_sign"
-    lower = _check_bound(lower, "lower", who)
-    upper = _check_bound(upper, "upper", who)
-    if lower is None and upper is None:
-        raise InputValidationError(
-            f"{who}: no bound to check (got lower=None, upper=None). Pass lower=0.0 to "
-            "certify an increasing relation, or upper=0.0 for a decreasing one."
-        )
-    if lower is not None and upper is not None and lower > upper:
-        raise InputValidationError(f"{who}: lower > upper (got {lower} > {upper}). Swap them.")
+    lower, upper = _check_bounds(lower, upper, who)
     if tighten not in ("ibp", "lp"):
         raise InputValidationError(f"{who}: unknown tighten {tighten!r}. Use 'ibp' or 'lp'.")
     if mode not in ("optimize", "decide"):
         raise InputValidationError(f"{who}: unknown mode {mode!r}. Use 'optimize' or 'decide'.")
-    if time_limit is not None and not (
-        isinstance(time_limit, int | float) and math.isfinite(time_limit) and time_limit > 0
-    ):
-        raise InputValidationError(
-            f"{who}: time_limit must be a positive number of seconds or None (got "
-            f"{time_limit!r}). Pass e.g. time_limit=60."
-        )
+    _check_time_limit(time_limit, who)
     prep = _prepare(model, low, high, fixed, categorical, one_hot, who)
     j = _check_index(input_index, prep.box.dim, "input_index", who)
     i = _check_index(output_index, prep.n_outputs, "output_index", who)
@@ -1171,13 +1228,7 @@ def certify_monotonic(
     who = "certify_monotonic"
     margin_f = _check_bound(margin, "margin", who)
     assert margin_f is not None
-    if time_limit is not None and not (
-        isinstance(time_limit, int | float) and math.isfinite(time_limit) and time_limit > 0
-    ):
-        raise InputValidationError(
-            f"{who}: time_limit must be a positive number of seconds or None (got "
-            f"{time_limit!r}). Pass e.g. time_limit=60."
-        )
+    _check_time_limit(time_limit, who)
     if tighten not in ("ibp", "lp"):
         raise InputValidationError(f"{who}: unknown tighten {tighten!r}. Use 'ibp' or 'lp'.")
     if mode not in ("optimize", "decide"):

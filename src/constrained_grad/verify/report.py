@@ -16,7 +16,7 @@ STATUSES = ("certified", "violated", "no violation found", "unknown", "skipped")
 class MethodResult:
     """One verification method run on one constraint."""
 
-    method: str  # "sobol", "random", "adversarial", "milp", "points"
+    method: str  # "sobol", "random", "adversarial", "milp", "interval", "points"
     max_violation: float | None
     fraction_violating: float | None
     evaluations: int

@@ -11,7 +11,12 @@ everywhere in a box. For each constraint it runs, in order of cost:
    and sign/bound constraints on derivatives (``Monotonic``, ``DerivativeBound`` with
    constant bounds): a mixed-integer linear program (HiGHS via ``scipy.optimize.milp``)
    that either proves the bound on the whole box or returns a counterexample, confirmed
-   by autograd. A time-out gives ``"unknown"``, never ``"certified"``.
+   by autograd. A time-out gives ``"unknown"``, never ``"certified"``;
+4. **interval certificate** for smooth networks (``Tanh``, ``Sigmoid``, ``Softplus``, mixed
+   with ``ReLU``) that the MILP cannot encode, with ``certify="auto"``: interval bounds of the
+   Jacobian column refined by branch and bound over the box
+   (:func:`~constrained_grad.certify_interval`). Sound but incomplete: a box budget gives
+   ``"unknown"``, never ``"certified"``.
 
 Sampling and search can only *fail to find* a violation (``"no violation found"``); only
 the certificate proves (``"certified"``).
@@ -39,7 +44,8 @@ from constrained_grad.derivatives import evaluate
 from constrained_grad.derivatives.engine import constraint_violations, frozen_eval
 from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
 from constrained_grad.errors import CertificationError, InputValidationError
-from constrained_grad.verify.milp import certify_derivative_sign
+from constrained_grad.verify.interval import certify_interval, parse_smooth
+from constrained_grad.verify.milp import certify_derivative_sign, parse_network
 from constrained_grad.verify.report import (
     ConstraintReport,
     Counterexample,
@@ -61,12 +67,35 @@ def _model_dims(model: Any, dim: int) -> tuple[int, int, torch.dtype, torch.devi
     return dim, math.prod(out), dtype, device
 
 
+def _certifier(model: torch.nn.Module, dim: int, exact: bool) -> str:
+    """``"milp"`` for piecewise-linear networks, else ``"interval"`` for smooth ones (not
+    when ``exact``); raises :class:`CertificationError` naming the layer neither encodes."""
+    try:
+        parse_network(model, dim, who="verify")
+    except CertificationError as err:
+        if exact:
+            raise CertificationError(
+                f"{err} (certify=True requires the exact MILP certificate; certify='auto' "
+                "also tries the interval certificate for smooth networks.)"
+            ) from err
+        parse_smooth(model, dim, who="verify")
+        return "interval"
+    return "milp"
+
+
 def _certify(
-    model: Any, c: DerivativeConstraint, domain: Box, tol: float, time_limit: float | None
-) -> tuple[str, str, list[Counterexample], float]:
-    """MILP certificates for every (input, output) pair of a sign/bound constraint."""
+    model: Any,
+    c: DerivativeConstraint,
+    domain: Box,
+    tol: float,
+    time_limit: float | None,
+    method: str = "milp",
+    max_boxes: int = 100_000,
+) -> tuple[str, str, list[Counterexample], float, int]:
+    """MILP or interval certificates for every (input, output) pair of a sign/bound
+    constraint: status, summary lines, counterexamples, seconds and interval boxes."""
     pairs = [(j, i) for i in c._outputs for j in c._inputs]  # type: ignore[attr-defined]
-    lines, ces, statuses, seconds = [], [], [], 0.0
+    lines, ces, statuses, seconds, boxes = [], [], [], 0.0, 0
     for j, i in pairs:
         lower = upper = None
         if isinstance(c, Monotonic):
@@ -80,19 +109,21 @@ def _certify(
             assert (lo is None or isinstance(lo, float)) and (hi is None or isinstance(hi, float))
             lower = None if lo is None else lo - c.tolerance - tol
             upper = None if hi is None else hi + c.tolerance + tol
-        cert = certify_derivative_sign(
-            model,
-            domain.low,
-            domain.high,
-            input_index=j,
-            output_index=i,
-            lower=lower,
-            upper=upper,
-            time_limit=time_limit,
-            fixed=domain.fixed or None,
-            categorical=domain.categorical or None,
-            one_hot=domain.one_hot or None,
-        )
+        args = {
+            "input_index": j,
+            "output_index": i,
+            "lower": lower,
+            "upper": upper,
+            "time_limit": time_limit,
+            "fixed": domain.fixed or None,
+            "categorical": domain.categorical or None,
+            "one_hot": domain.one_hot or None,
+        }
+        if method == "interval":
+            cert = certify_interval(model, domain.low, domain.high, max_boxes=max_boxes, **args)
+            boxes += sum(check.nodes or 0 for check in cert.checks)
+        else:
+            cert = certify_derivative_sign(model, domain.low, domain.high, **args)
         seconds += cert.solve_time + cert.encode_time
         statuses.append(cert.status)
         lines.append(f"∂f[{i}]/∂x[{j}]: " + cert.summary())
@@ -110,7 +141,7 @@ def _certify(
                         violation=float(viol),
                         component=f"out {i}, in {j}",
                         derivatives={f"df[{i}]/dx[{j}]": check.autograd_value},
-                        found_by="milp",
+                        found_by=method,
                     )
                 )
     status = (
@@ -120,7 +151,7 @@ def _certify(
         if "unknown" in statuses
         else "certified"
     )
-    return status, "\n".join(lines), ces, seconds
+    return status, "\n".join(lines), ces, seconds, boxes
 
 
 def _counterexamples(
@@ -171,6 +202,7 @@ def verify(
     step_size: float = 0.05,
     certify: bool | str = "auto",
     time_limit: float | None = 60.0,
+    max_boxes: int = 100_000,
     tol: float = 0.0,
     seed: int = 0,
     top_k: int = 5,
@@ -186,9 +218,13 @@ def verify(
             features and one-hot groups are respected).
         samples / sampler: number of ``"sobol"`` or ``"random"`` points (0 to skip).
         adversarial / starts / steps / step_size: the gradient-ascent search.
-        certify: ``"auto"`` (certify sign/bound constraints of piecewise-linear nets),
-            ``True`` (fail if a constraint cannot be certified) or ``False``.
-        time_limit: seconds per MILP solve (one per input/output pair and side).
+        certify: ``"auto"`` (certify sign/bound constraints: by the exact MILP for
+            piecewise-linear nets, by interval branch and bound for smooth ones — tanh,
+            sigmoid, softplus), ``True`` (fail unless the exact MILP applies) or ``False``.
+        time_limit: seconds per MILP solve or interval branch and bound (one per
+            input/output pair and side).
+        max_boxes: sub-boxes per interval branch and bound (one per input/output pair and
+            side) before it stops with ``"unknown"``.
         tol: a violation counts when it exceeds ``tol``.
         seed: seeds the samplers and the search.
         top_k: counterexamples kept per constraint.
@@ -259,6 +295,7 @@ def verify(
                     step_size=step_size,
                     certify=certify,
                     time_limit=time_limit,
+                    max_boxes=max_boxes,
                     tol=tol,
                     seed=seed,
                     top_k=top_k,
@@ -373,7 +410,10 @@ def _verify_one(
     )
     if kw["certify"] and certifiable and isinstance(model, torch.nn.Module):
         try:
-            cstatus, certificate, mces, secs = _certify(model, c, domain, tol, kw["time_limit"])
+            method = _certifier(model, domain.dim, exact=kw["certify"] is True)
+            cstatus, certificate, mces, secs, boxes = _certify(
+                model, c, domain, tol, kw["time_limit"], method, kw["max_boxes"]
+            )
         except CertificationError as err:
             if kw["certify"] is True:
                 raise
@@ -381,7 +421,12 @@ def _verify_one(
         else:
             methods.append(
                 MethodResult(
-                    "milp", max((x.violation for x in mces), default=None), None, 0, secs, cstatus
+                    method,
+                    max((x.violation for x in mces), default=None),
+                    None,
+                    boxes,
+                    secs,
+                    cstatus if method == "milp" else f"{cstatus}, {boxes} boxes",
                 )
             )
             ces += mces
@@ -392,12 +437,18 @@ def _verify_one(
                 status = "certified"
             elif cstatus == "unknown" and status != "violated":
                 status = "unknown"
-                note = "The exact solver hit its time limit: no proof either way."
+                note = (
+                    "The exact solver hit its time limit: no proof either way."
+                    if method == "milp"
+                    else "The interval branch and bound hit its box or time budget (worst "
+                    "open bound in the certificate): no proof either way. Raise max_boxes "
+                    "or time_limit, or narrow the box."
+                )
     elif kw["certify"] is True:
         raise CertificationError(
             f"verify: {name} ({kind}) cannot be certified exactly: only "
             "Monotonic and constant-bound DerivativeBound constraints of "
-            "Linear/ReLU networks can. Use certify='auto'."
+            "Linear/ReLU (exact) or smooth (interval) networks can. Use certify='auto'."
         )
     ces.sort(key=lambda ce: -ce.violation)
     return ConstraintReport(
