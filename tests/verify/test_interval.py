@@ -66,6 +66,10 @@ def test_interval_contains_the_autograd_derivative_on_random_sub_boxes(act: str)
             jac = torch.autograd.functional.jacobian(lambda z, f=net: f(z).sum(0), x)  # (m,N,d)
             for j in range(d):
                 lo, hi = column_bounds(layers, a[None].numpy(), (a + w)[None].numpy(), j)
+                pl, ph = column_bounds(
+                    layers, a[None].numpy(), (a + w)[None].numpy(), j, centred=False
+                )
+                assert (lo >= pl - 1e-12).all() and (hi <= ph + 1e-12).all()  # within the plain one
                 for i in range(m):
                     oracle = _derivative(net, x, j, i)
                     np.testing.assert_allclose(jac[i, :, j].numpy(), oracle, rtol=1e-12, atol=1e-14)
