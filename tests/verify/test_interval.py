@@ -12,6 +12,7 @@ import constrained_grad as cg
 from constrained_grad.errors import CertificationError, InputValidationError
 from constrained_grad.verify.interval import (
     SMOOTH_LAYERS,
+    _propagate,
     _smooth_layer,
     column_bounds,
     interval_derivative_bounds,
@@ -74,6 +75,33 @@ def test_interval_contains_the_autograd_derivative_on_random_sub_boxes(act: str)
                     oracle = _derivative(net, x, j, i)
                     np.testing.assert_allclose(jac[i, :, j].numpy(), oracle, rtol=1e-12, atol=1e-14)
                     assert lo[0, i] <= oracle.min() and oracle.max() <= hi[0, i], (act, seed, j, i)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "softplus"])
+def test_hessian_column_interval_contains_autograd_second_derivatives(act: str) -> None:
+    """The mean-value form rests on the interval Hessian column: check it against double
+    backward at dense points of random sub-boxes."""
+    g = torch.Generator().manual_seed(3)
+    net = _mlp(3, [6, 5], 1, act, 7)
+    if act == "softplus":  # the default threshold (20): no unit crosses it on these boxes
+        net[1], net[3] = nn.Softplus(beta=2.0), nn.Softplus(beta=2.0)
+    layers = parse_network(net, 3, extra=_smooth_layer, supported=SMOOTH_LAYERS)
+    checked = 0
+    for _ in range(6):
+        a = torch.rand(3, generator=g, dtype=torch.float64) * 4 - 2
+        w = torch.rand(3, generator=g, dtype=torch.float64) * 1.5
+        x = (a + torch.rand(2000, 3, generator=g, dtype=torch.float64) * w).requires_grad_(True)
+        (grad,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+        for j in range(3):
+            (hess,) = torch.autograd.grad(grad[:, j].sum(), x, retain_graph=True)  # (N, d)
+            _, _, hl, hh, ok = _propagate(layers, a[None].numpy(), (a + w)[None].numpy(), j, True)
+            assert hl is not None and hh is not None
+            if not ok.all():  # a softplus unit crosses its threshold: no mean-value form
+                continue
+            checked += 1
+            h = hess.detach().numpy()
+            assert (hl[0, :, 0] <= h.min(0)).all() and (h.max(0) <= hh[0, :, 0]).all()
+    assert checked >= 12
 
 
 def test_bounds_are_tight_on_a_point_and_public_function_agrees() -> None:
@@ -310,3 +338,5 @@ def test_verify_auto_reports_interval_violation_and_unknown() -> None:
     silu = nn.Sequential(nn.Linear(2, 3), nn.SiLU(), nn.Linear(3, 1))
     note = cg.verify(silu, [cg.Monotonic(inputs=[0])], box, samples=8, adversarial=False)
     assert "layer 1 (SiLU)" in note["monotonic_0"].note
+    with pytest.raises(CertificationError, match=r"layer 1 \(SiLU\)"):
+        cg.verify(silu, [cg.Monotonic(inputs=[0])], box, samples=8, adversarial=False, certify=True)
