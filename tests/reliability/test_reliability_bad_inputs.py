@@ -507,12 +507,12 @@ CASES: dict[str, Case] = {
         InputValidationError,
         r"no starting points",
     ),
-    "verify_certify_smooth_net": (
+    "verify_certify_unboundable_net": (
         lambda c: cg.verify(
-            _model(), [_mono()], VERIFY_BOX, samples=8, adversarial=False, certify=True
+            _model(act=nn.SiLU), [_mono()], VERIFY_BOX, samples=8, adversarial=False, certify=True
         ),
         CertificationError,
-        r"not a supported piecewise-linear layer",
+        r"layer 1 \(SiLU\)",
     ),
     # --- fit arguments --------------------------------------------------------------------
     "fit_negative_dual_lr": (

@@ -333,8 +333,11 @@ def test_verify_auto_reports_interval_violation_and_unknown() -> None:
         max_boxes=1,
     )
     assert report["derivativebound_0"].status in ("unknown", "certified")
-    with pytest.raises(CertificationError, match=r"not a supported piecewise-linear layer"):
-        cg.verify(bad, [cg.Monotonic(inputs=[0])], box, samples=8, adversarial=False, certify=True)
+    # certify=True takes the interval certificate too: a proof either way, or an error
+    strict = cg.verify(
+        bad, [cg.Monotonic(inputs=[0])], box, samples=0, adversarial=False, certify=True
+    )["monotonic_0"]
+    assert strict.status == "violated" and strict.counterexamples[0].found_by == "interval"
     silu = nn.Sequential(nn.Linear(2, 3), nn.SiLU(), nn.Linear(3, 1))
     note = cg.verify(silu, [cg.Monotonic(inputs=[0])], box, samples=8, adversarial=False)
     assert "layer 1 (SiLU)" in note["monotonic_0"].note

@@ -67,17 +67,12 @@ def _model_dims(model: Any, dim: int) -> tuple[int, int, torch.dtype, torch.devi
     return dim, math.prod(out), dtype, device
 
 
-def _certifier(model: torch.nn.Module, dim: int, exact: bool) -> str:
-    """``"milp"`` for piecewise-linear networks, else ``"interval"`` for smooth ones (not
-    when ``exact``); raises :class:`CertificationError` naming the layer neither encodes."""
+def _certifier(model: torch.nn.Module, dim: int) -> str:
+    """``"milp"`` for piecewise-linear networks, else ``"interval"`` for smooth ones; raises
+    :class:`CertificationError` naming the layer that neither encodes."""
     try:
         parse_network(model, dim, who="verify")
-    except CertificationError as err:
-        if exact:
-            raise CertificationError(
-                f"{err} (certify=True requires the exact MILP certificate; certify='auto' "
-                "also tries the interval certificate for smooth networks.)"
-            ) from err
+    except CertificationError:
         parse_smooth(model, dim, who="verify")
         return "interval"
     return "milp"
@@ -220,7 +215,8 @@ def verify(
         adversarial / starts / steps / step_size: the gradient-ascent search.
         certify: ``"auto"`` (certify sign/bound constraints: by the exact MILP for
             piecewise-linear nets, by interval branch and bound for smooth ones — tanh,
-            sigmoid, softplus), ``True`` (fail unless the exact MILP applies) or ``False``.
+            sigmoid, softplus), ``True`` (the same, but raise when neither certificate
+            applies to the model, naming the layer) or ``False``.
         time_limit: seconds per MILP solve or interval branch and bound (one per
             input/output pair and side).
         max_boxes: sub-boxes per interval branch and bound (one per input/output pair and
@@ -410,7 +406,7 @@ def _verify_one(
     )
     if kw["certify"] and certifiable and isinstance(model, torch.nn.Module):
         try:
-            method = _certifier(model, domain.dim, exact=kw["certify"] is True)
+            method = _certifier(model, domain.dim)
             cstatus, certificate, mces, secs, boxes = _certify(
                 model, c, domain, tol, kw["time_limit"], method, kw["max_boxes"]
             )
