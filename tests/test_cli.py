@@ -154,6 +154,23 @@ def test_demo_certify_option_runs_the_exact_certifier(tmp_path: Path) -> None:
     assert ver["certificate"].count("∂f[0]/∂x[") == 3  # one MILP per constrained input
 
 
+def test_demo_certify_option_runs_the_interval_certificate_on_the_tanh_scenario(
+    tmp_path: Path,
+) -> None:
+    """The tanh network of monotone-every-output gets the interval certificate: one branch and
+    bound per output, an honest verdict within the budget, never a silent skip."""
+    out = tmp_path / "interval"
+    argv = ["demo", "--scenario", "monotone-every-output", "--steps", "3", "--out", str(out)]
+    assert cli.main([*argv, *QUICK, "--certify-seconds", "0.2"]) == 0
+    ver = json.loads((out / "report.json").read_text(encoding="utf-8"))["verification"]
+    methods = [c["method"] for c in ver["checks"]]
+    assert methods == ["sobol", "adversarial", "interval"]
+    assert ver["status"] in ("certified", "unknown", "violated")
+    assert ver["certificate"].count("∂f[") == 7  # one per output, by the constrained z
+    if ver["status"] == "violated":  # a counterexample the sampled search confirms
+        assert ver["counterexamples"] and ver["max_violation"] > 0
+
+
 @pytest.mark.parametrize(
     ("scenario", "names"),
     [

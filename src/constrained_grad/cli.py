@@ -26,8 +26,9 @@ artefacts into --out:
   model.pt                    trained state_dict (torch.load(path, weights_only=True))
   report.md, report.json      setup, test metrics, each constraint's violations, and the
                               verification: the property searched over the whole input box
-                              (Sobol' sampling + adversarial gradient ascent; optional exact
-                              MILP certificate with --certify-seconds)
+                              (Sobol' sampling + adversarial gradient ascent; optional
+                              certificate with --certify-seconds: exact MILP for ReLU nets,
+                              interval branch and bound for tanh nets)
 
 With no option: the auto-mpg scenario, an MLP 7-64-64-1 on the Auto MPG data shipped in
 the package (UCI, CC BY 4.0) with mpg decreasing in displacement, horsepower and weight,
@@ -48,6 +49,7 @@ def _scenarios_epilog() -> str:
         f"  {PROG} demo --steps 50 --out /tmp/quick --no-progress",
         f"  {PROG} demo --scenario jacobian-norm --device cuda",
         f"  {PROG} demo --certify-seconds 120   # add the exact MILP certificate",
+        f"  {PROG} demo --scenario monotone-every-output --certify-seconds 30   # interval",
     ]
     return "\n".join(lines)
 
@@ -156,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=0.0,
         metavar="S",
-        help="also try an exact MILP certificate of monotonicity over the whole box, at most "
-        "S seconds per constrained input (ReLU networks; default: 0 = skip)",
+        help="also try a certificate of monotonicity over the whole box, at most S seconds per "
+        "constrained input and output (exact MILP for the ReLU scenarios, interval branch "
+        "and bound for the tanh one; default: 0 = skip)",
     )
     diag = sub.add_parser(
         "diagnose",
