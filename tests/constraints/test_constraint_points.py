@@ -101,3 +101,30 @@ def test_box_project_snaps_categorical_values_and_one_hot_groups() -> None:
     drawn = box.sample(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(box.project(drawn), drawn)
     assert bool(box.contains(projected).all())
+
+
+def test_box_contains_checks_categories_and_one_hot_groups() -> None:
+    box = cg.Box(
+        [-1.0, -1.0, -0.5, -0.5, -0.5],
+        [1.0, 5.0, 2.0, 2.0, 2.0],
+        categorical={1: [5.0, -1.0, 2.0]},
+        one_hot=[[2, 3, 4]],
+    )
+    drawn = box.sample(256, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert bool(box.contains(drawn).all())
+    good = torch.tensor([0.3, 2.0, -0.5, 2.0, -0.5], dtype=torch.float64)
+    assert bool(box.contains(good))  # one point of shape (d,): a 0-d answer
+    bad = {
+        "outside the bounds": [1.5, 2.0, -0.5, 2.0, -0.5],
+        "not a listed category": [0.3, 1.0, -0.5, 2.0, -0.5],
+        "two columns on": [0.3, 2.0, 2.0, 2.0, -0.5],
+        "no column on": [0.3, 2.0, -0.5, -0.5, -0.5],
+        "a column between off and on": [0.3, 2.0, -0.5, 2.0, 0.7],
+    }
+    rows = torch.tensor(list(bad.values()), dtype=torch.float64)
+    assert box.contains(rows).tolist() == [False] * len(bad)
+    # within atol of a listed value or of the on/off values counts as in the domain
+    near = good + torch.tensor([0.0, 1e-7, 1e-7, -1e-7, 0.0], dtype=torch.float64)
+    assert not bool(box.contains(near)) and bool(box.contains(near, atol=1e-6))
+    # (n, m, d) batches keep their leading shape
+    assert box.contains(drawn.reshape(4, 64, 5)).shape == (4, 64)

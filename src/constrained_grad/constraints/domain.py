@@ -393,10 +393,21 @@ class Box:
         return rows.reshape(x.shape)
 
     def contains(self, x: torch.Tensor, atol: float = 0.0) -> torch.Tensor:
-        """Per-row membership test of the bounds (categorical values and one-hot groups are
-        not checked)."""
+        """Per-row membership of the domain, each test within ``atol``: every feature inside
+        its bounds, every categorical feature at one of its values, and in every one-hot
+        group each column at its off or on value with exactly one on. ``x``: ``(..., d)``;
+        returns a bool tensor of shape ``x.shape[:-1]``."""
         lo, hi = self.low.to(x), self.high.to(x)
-        return ((x >= lo - atol) & (x <= hi + atol)).all(dim=-1)
+        inside = ((x >= lo - atol) & (x <= hi + atol)).all(dim=-1)
+        for i, vals in self.categorical_levels.items():
+            values = torch.tensor(vals, dtype=x.dtype, device=x.device)
+            inside &= ((x[..., i : i + 1] - values).abs() <= atol).any(dim=-1)
+        for group in self.one_hot:
+            cols = list(group)
+            on = (x[..., cols] - hi[cols]).abs() <= atol
+            off = (x[..., cols] - lo[cols]).abs() <= atol
+            inside &= (on | off).all(dim=-1) & ((on & ~off).sum(dim=-1) == 1)
+        return inside
 
     def __repr__(self) -> str:
         extra = f", one_hot={[list(g) for g in self.one_hot]}" if self.one_hot else ""
