@@ -159,6 +159,31 @@ def test_a_logged_history_with_step_gaps_can_be_continued(tmp_path: object) -> N
     assert budget.history.steps[-3:] == [10, 11, 12]  # the step budget counts step numbers
 
 
+def test_resume_keeps_the_checkpointed_history_meta(tmp_path: object) -> None:
+    """A run recorded its settings in history.meta; resuming it from its checkpoint with a
+    fresh history (a new process) gets them back, and this call's own entries win."""
+    ckpt = tmp_path / "run"  # type: ignore[operator]
+    problem = _mono_problem()
+    first = cg.History(list(problem.specs), meta={"seed": 3, "note": "first"})
+    cg.fit(
+        problem,
+        _batches(),
+        _sgd(problem),
+        epochs=1,
+        history=first,
+        checkpoint_dir=ckpt,
+        progress=False,
+    )
+    again = _mono_problem()
+    mine = cg.History(list(again.specs), meta={"note": "resumed"})
+    out = cg.fit(
+        again, _batches(), _sgd(again), epochs=2, history=mine, checkpoint_dir=ckpt, progress=False
+    )
+    assert out.history.meta["seed"] == 3 and out.history.meta["note"] == "resumed"
+    assert "constraint_kinds" in out.history.meta
+    assert out.history.steps == list(range(8))  # resumed after the 4 checkpointed steps
+
+
 def test_callback_and_feasibility_stops() -> None:
     problem = _mono_problem()
     result = cg.fit(

@@ -387,6 +387,8 @@ class Trainer:
         restored = History.from_dict(state["history"])
         self.history.truncate(-1)  # drop every row: the checkpoint holds the whole history
         self.history.extend(restored)
+        for key, value in restored.meta.items():  # the run's own records (seed, settings, ...)
+            self.history.meta.setdefault(key, value)
         self.step_count = int(state["step"])
         self.skipped = int(state["skipped"])
         times = self.history.wall_times
@@ -478,7 +480,8 @@ def fit(
         checkpoint_dir: folder for ``checkpoint.pt``, written atomically every
             ``checkpoint_every`` steps, at the end, on interruption and before raising on a
             non-finite value. With ``resume=True`` an existing checkpoint there is loaded
-            first and training continues exactly where it stopped.
+            first and training continues exactly where it stopped (the history's rows are
+            the checkpoint's; its ``meta`` keys that ``history`` does not set come back too).
         distributed / process_group: data-parallel training over the ranks of
             ``process_group`` (default group). ``None`` (default) turns it on when
             ``torch.distributed`` is initialised with more than one process. Each rank
