@@ -48,6 +48,12 @@ def _model(hidden: int = 8, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     return nn.Sequential(nn.Linear(D, hidden), act(), nn.Linear(hidden, M))
 
 
+def _nan_weights(model: nn.Sequential) -> nn.Sequential:
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    return model
+
+
 def _mono(**kw: Any) -> cg.Monotonic:
     return cg.Monotonic(inputs=[0], name="mono", **kw)
 
@@ -506,6 +512,40 @@ CASES: dict[str, Case] = {
         lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, samples=0, starts=0),
         InputValidationError,
         r"no starting points",
+    ),
+    "verify_zero_max_boxes": (
+        lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, samples=8, max_boxes=0),
+        InputValidationError,
+        r"verify: max_boxes must be an int >= 1 \(got 0\)",
+    ),
+    "verify_negative_time_limit": (
+        lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, samples=8, time_limit=-1.0),
+        InputValidationError,
+        r"verify: time_limit must be a positive number of seconds",
+    ),
+    "certify_interval_nan_weights": (
+        lambda c: cg.certify_interval(
+            _nan_weights(_model()), VERIFY_BOX.low, VERIFY_BOX.high, input_index=0, lower=0.0
+        ),
+        InputValidationError,
+        r"certify_interval: the model has non-finite weights or biases",
+    ),
+    "certify_interval_float_batch": (
+        lambda c: cg.certify_interval(
+            _model(), VERIFY_BOX.low, VERIFY_BOX.high, input_index=0, lower=0.0, batch=2.5
+        ),
+        InputValidationError,
+        r"certify_interval: batch must be an int >= 1 \(got 2\.5\)",
+    ),
+    "box_contains_wrong_width": (
+        lambda c: VERIFY_BOX.contains(torch.zeros(3, D + 1)),
+        InputValidationError,
+        rf"Box.contains: points must be a tensor of shape \(\.\.\., {D}\)",
+    ),
+    "box_project_not_a_tensor": (
+        lambda c: VERIFY_BOX.project([0.0] * D),
+        InputValidationError,
+        r"Box.project: points must be a tensor .*\(got list\)",
     ),
     "verify_certify_unboundable_net": (
         lambda c: cg.verify(

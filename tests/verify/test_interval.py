@@ -281,7 +281,7 @@ def test_unboundable_activation_is_refused_by_name() -> None:
     nested = nn.Sequential(nn.Linear(2, 4), nn.Sequential(nn.Tanh(), nn.GELU()), nn.Linear(4, 1))
     with pytest.raises(CertificationError, match=r"layer 1\.1 \(GELU\)"):
         interval_derivative_bounds(nested, [0, 0], [1, 1], input_index=0)
-    with pytest.raises(InputValidationError, match="max_boxes must be a positive int"):
+    with pytest.raises(InputValidationError, match=r"max_boxes must be an int >= 1 \(got 0\)"):
         cg.certify_interval(_bump_net(0.5), [0, 0], [1, 1], input_index=0, lower=0.0, max_boxes=0)
     with pytest.raises(InputValidationError, match="no bound to check"):
         cg.certify_interval(_bump_net(0.5), [0, 0], [1, 1], input_index=0)

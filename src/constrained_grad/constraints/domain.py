@@ -373,6 +373,7 @@ class Box:
         one-hot group to its most switched-on feature (relative to its off and on values),
         which goes on while the others go off. Returns a new tensor, ``x``'s dtype and
         device; ``x`` is not modified."""
+        self._check_points(x, "Box.project")
         x = torch.maximum(torch.minimum(x, self.high.to(x)), self.low.to(x))
         if not self.categorical and not self.one_hot:
             return x
@@ -397,6 +398,7 @@ class Box:
         its bounds, every categorical feature at one of its values, and in every one-hot
         group each column at its off or on value with exactly one on. ``x``: ``(..., d)``;
         returns a bool tensor of shape ``x.shape[:-1]``."""
+        self._check_points(x, "Box.contains")
         lo, hi = self.low.to(x), self.high.to(x)
         inside = ((x >= lo - atol) & (x <= hi + atol)).all(dim=-1)
         for i, vals in self.categorical_levels.items():
@@ -408,6 +410,14 @@ class Box:
             off = (x[..., cols] - lo[cols]).abs() <= atol
             inside &= (on | off).all(dim=-1) & ((on & ~off).sum(dim=-1) == 1)
         return inside
+
+    def _check_points(self, x: object, who: str) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[-1] != self.dim:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputValidationError(
+                f"{who}: points must be a tensor of shape (..., {self.dim}), one value per "
+                f"feature of the box (got {got}). Pass rows of the model's inputs."
+            )
 
     def __repr__(self) -> str:
         extra = f", one_hot={[list(g) for g in self.one_hot]}" if self.one_hot else ""

@@ -91,10 +91,12 @@ from constrained_grad.verify.milp import (
     _check_bounds,
     _check_index,
     _check_time_limit,
+    _check_tol,
     _prepare,
     _Prepared,
     parse_network,
 )
+from constrained_grad.verify.search import _check_positive_int
 
 SMOOTH_LAYERS = (
     "the interval certifier bounds nn.Linear, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ReLU, "
@@ -664,19 +666,14 @@ def certify_interval(
     """
     who = "certify_interval"
     lower, upper = _check_bounds(lower, upper, who)
-    if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1:
-        raise InputValidationError(
-            f"{who}: max_boxes must be a positive int (got {max_boxes!r}). Pass e.g. 100000."
-        )
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputValidationError(f"{who}: batch must be a positive int (got {batch!r}).")
+    max_boxes = _check_positive_int(max_boxes, "max_boxes", who)
+    batch = _check_positive_int(batch, "batch", who)
     _check_time_limit(time_limit, who)
     if split not in ("sensitivity", "widest", "best"):
         raise InputValidationError(
             f"{who}: unknown split {split!r}. Use 'sensitivity', 'widest' or 'best'."
         )
-    if not (isinstance(tol, int | float) and math.isfinite(tol) and tol >= 0):
-        raise InputValidationError(f"{who}: tol must be a finite number >= 0 (got {tol!r}).")
+    tol = _check_tol(tol, who)
     start = time.perf_counter()
     prep = _prepare_smooth(model, low, high, fixed, categorical, one_hot, who)
     j = _check_index(input_index, prep.box.dim, "input_index", who)

@@ -1027,6 +1027,17 @@ def _check_time_limit(time_limit: object, who: str) -> None:
         )
 
 
+def _check_tol(tol: object, who: str) -> float:
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, int | float)
+        or not math.isfinite(tol)
+        or tol < 0
+    ):
+        raise InputValidationError(f"{who}: tol must be a finite number >= 0 (got {tol!r}).")
+    return float(tol)
+
+
 @dataclass
 class _Prepared:
     layers: list[_Layer]
@@ -1048,6 +1059,18 @@ def _prepare(
 ) -> _Prepared:
     box = as_box(low, high, fixed=fixed, categorical=categorical, one_hot=one_hot, who=who)
     layers = parse_network(model, box.dim, who=who, extra=extra, supported=supported)
+    bad = [
+        k
+        for k, layer in enumerate(layers)
+        if isinstance(layer, _Affine)
+        and not (np.isfinite(layer.weight).all() and np.isfinite(layer.bias).all())
+    ]
+    if bad:
+        raise InputValidationError(
+            f"{who}: the model has non-finite weights or biases (got NaN/inf in affine layer "
+            f"{bad[0]} of the parsed network). Certify a model with finite parameters: "
+            "check the training run for divergence."
+        )
     oracle = _AutogradOracle(model)
     # the layer list must be what the model computes (a subclass may override forward)
     probe = np.stack([box.low.numpy(), box.high.numpy(), (box.low + box.high).numpy() / 2])

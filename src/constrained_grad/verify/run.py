@@ -45,14 +45,24 @@ from constrained_grad.derivatives.engine import constraint_violations, frozen_ev
 from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
 from constrained_grad.errors import CertificationError, InputValidationError
 from constrained_grad.verify.interval import certify_interval, parse_smooth
-from constrained_grad.verify.milp import certify_derivative_sign, parse_network
+from constrained_grad.verify.milp import (
+    _check_time_limit,
+    _check_tol,
+    certify_derivative_sign,
+    parse_network,
+)
 from constrained_grad.verify.report import (
     ConstraintReport,
     Counterexample,
     MethodResult,
     VerificationReport,
 )
-from constrained_grad.verify.search import SearchResult, adversarial_search, sample_search
+from constrained_grad.verify.search import (
+    SearchResult,
+    _check_positive_int,
+    adversarial_search,
+    sample_search,
+)
 
 
 def violation_function(model: Any, constraint: DerivativeConstraint, *, graph_in_x: bool) -> Any:
@@ -249,13 +259,9 @@ def verify(
         raise InputValidationError(
             f"{who}: certify must be True, False or 'auto' (got {certify!r})."
         )
-    if (
-        isinstance(tol, bool)
-        or not isinstance(tol, (int, float))
-        or not math.isfinite(tol)
-        or tol < 0
-    ):
-        raise InputValidationError(f"{who}: tol must be a finite number >= 0 (got {tol!r}).")
+    _check_tol(tol, who)
+    _check_time_limit(time_limit, who)
+    _check_positive_int(max_boxes, "max_boxes", who)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputValidationError(f"{who}: seed must be an int (got {seed!r}).")
     constraints = list(constraints)
