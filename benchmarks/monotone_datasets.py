@@ -785,7 +785,7 @@ def reference_row(
         "train_seconds": got.seconds,
         "test_selected": got.test_selected,
         "config": got.label,
-        "grid_size": len(refs.candidates(method, task, table.monotone, table.direction, 1, 0)),
+        "grid_size": got.grid_size,
     }
 
 

@@ -50,6 +50,7 @@ class Fitted:
     val: tuple[float, float]  # validation score, higher is better
     seconds: float
     test_selected: float | None  # DIAGNOSTIC: best test score over the grid (and thresholds)
+    grid_size: int  # candidates fitted
 
 
 def candidates(
@@ -128,7 +129,8 @@ def fit_reference(
     d = data["x_train"].shape[1]
     best: tuple[tuple[float, float], str, Any] | None = None
     oracle: float | None = None
-    for label, est in candidates(method, task, monotone, direction, d, seed):
+    grid = candidates(method, task, monotone, direction, d, seed)
+    for label, est in grid:
         est.fit(data["x_train"], data["y_train"])
         got = val_score(est, data["x_val"], data["y_val"], task)
         if best is None or got > best[0]:
@@ -138,7 +140,7 @@ def fit_reference(
             better = min if task == "regression" else max
             oracle = ts if oracle is None else better(oracle, ts)
     assert best is not None
-    return Fitted(best[1], best[2], best[0], time.perf_counter() - t0, oracle)
+    return Fitted(best[1], best[2], best[0], time.perf_counter() - t0, oracle, len(grid))
 
 
 def linear_violation(model: Any, monotone: list[int], direction: str) -> float:
