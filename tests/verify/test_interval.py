@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 import constrained_grad as cg
+from constrained_grad.derivatives.bounds import _forward, _Ops
 from constrained_grad.errors import CertificationError, InputValidationError
 from constrained_grad.verify.interval import (
     SMOOTH_LAYERS,
-    _propagate,
     _smooth_layer,
     column_bounds,
     interval_derivative_bounds,
+    torch_layers,
 )
 from constrained_grad.verify.milp import _AutogradOracle, parse_network
 
@@ -85,7 +86,7 @@ def test_hessian_column_interval_contains_autograd_second_derivatives(act: str) 
     net = _mlp(3, [6, 5], 1, act, 7)
     if act == "softplus":  # the default threshold (20): no unit crosses it on these boxes
         net[1], net[3] = nn.Softplus(beta=2.0), nn.Softplus(beta=2.0)
-    layers = parse_network(net, 3, extra=_smooth_layer, supported=SMOOTH_LAYERS)
+    layers = torch_layers(parse_network(net, 3, extra=_smooth_layer, supported=SMOOTH_LAYERS))
     checked = 0
     for _ in range(6):
         a = torch.rand(3, generator=g, dtype=torch.float64) * 4 - 2
@@ -94,9 +95,10 @@ def test_hessian_column_interval_contains_autograd_second_derivatives(act: str) 
         (grad,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
         for j in range(3):
             (hess,) = torch.autograd.grad(grad[:, j].sum(), x, retain_graph=True)  # (N, d)
-            _, _, hl, hh, ok = _propagate(layers, a[None].numpy(), (a + w)[None].numpy(), j, True)
-            assert hl is not None and hh is not None
-            if not ok.all():  # a softplus unit crosses its threshold: no mean-value form
+            fwd = _forward(_Ops(True), layers, a[None], (a + w)[None], [j], second=True)
+            assert fwd.hess is not None
+            hl, hh = (t[:, 0].numpy() for t in fwd.hess)  # (1, d, n_out)
+            if not fwd.ok.all():  # a softplus unit crosses its threshold: no mean-value form
                 continue
             checked += 1
             h = hess.detach().numpy()

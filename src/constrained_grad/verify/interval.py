@@ -1,46 +1,13 @@
-r"""Sound certificates of derivative bounds for smooth networks: interval Jacobian columns and
-branch and bound over the box.
+r"""Sound certificates of derivative bounds for smooth (and piecewise-linear) networks:
+interval Jacobian columns and branch and bound over the box.
 
-For :math:`f = W_L \sigma(\dots \sigma(W_1 x + b_1) \dots) + b_L` and a box :math:`B`, the
-column :math:`\partial f / \partial x_j` is the forward-mode tangent
-
-.. math:: d_0 = e_j, \qquad d_k = \operatorname{diag}(\sigma'(z_k))\, W_k d_{k-1}, \qquad
-          \partial f / \partial x_j = W_L d_{L-1},
-
-with :math:`z_k` the pre-activations. Over :math:`B` every quantity is enclosed in an interval:
-
-* **affine layers** in centre/radius form: :math:`[c \pm r] \mapsto [W c + b \pm |W| r]`;
-* **activation values**: monotone :math:`\sigma` (tanh, sigmoid, softplus, (leaky) ReLU) map
-  :math:`[l, u]` to :math:`[\sigma(l), \sigma(u)]` (a negative-slope LeakyReLU also takes the
-  kink value 0 when :math:`0 \in [l, u]`);
-* **activation derivatives** over :math:`[l, u]`: :math:`\tanh' = 1 - \tanh^2` and
-  :math:`s' = s(1 - s)` (sigmoid) decrease in :math:`|z|`, so their minimum is at the endpoint
-  of larger :math:`|z|` and their maximum is 1 (1/4) if :math:`0 \in [l, u]`, else at the
-  endpoint of smaller :math:`|z|`; ``softplus' = sigmoid(beta z)`` (1 above the threshold) is
-  monotone; (leaky) ReLU has slope 1 above 0, ``alpha`` below and either on an interval that
-  contains 0 (autograd takes 0 at 0, which lies in it);
-* **products** :math:`\operatorname{diag}(s) v` of two interval vectors: the minimum and the
-  maximum of the four endpoint products.
-
-**Mean-value form.** The same pass also bounds the Hessian column
-:math:`H_{jk} = \partial^2 f_i / \partial x_j \partial x_k` over :math:`B` (second-order
-tangents :math:`q_k = \sigma''(z_k) (W_k d_{k-1}) \odot (W_k s_{k-1}) + \sigma'(z_k) W_k q_{k-1}`,
-with :math:`s` the tangents along every input and :math:`\sigma''` bounded from its critical
-points: :math:`\tanh'' = -2t(1-t^2)` at :math:`t = \pm 1/\sqrt 3`, sigmoid'' at
-:math:`s = (3 \pm \sqrt 3)/6`, softplus'' = :math:`\beta s (1-s)` at :math:`s = 1/2`), and
-intersects the plain interval with
-:math:`g(c) \pm \sum_k r_k \max |H_{jk}|` (:math:`g(c)` bounded at the centre :math:`c` of a box
-of half-widths :math:`r`): its width shrinks quadratically with the box, which is what lets
-branch and bound close the last gap to a tight bound. It is skipped on boxes where
-:math:`\sigma'` jumps (a (leaky) ReLU unit changing sign, softplus crossing its threshold).
-
-The output interval encloses :math:`\partial f_i/\partial x_j` at every point of :math:`B`
-(the network's real-arithmetic function with the model's weights in float64). Floating-point
-rounding is covered by widening every affine result by :math:`(n + 8) \cdot 2^{-51}` times
-:math:`|W| (|c| + r) + |b|` (:math:`n` the fan-in; a bound on the rounding of float64 dot
-products) and every activation value and derivative and every product by :math:`10^{-15}`
-relative (and absolute) slack, far more than the few ulps numpy's ``tanh``, ``expit`` and
-``logaddexp`` lose.
+The bounds themselves come from :mod:`constrained_grad.derivatives.bounds` (the same code
+that certified training differentiates), run in float64 with rounding slack
+(``sound=True``): interval propagation of the Jacobian column forward and in reverse
+order, intersected, and for smooth activations the mean-value form
+:math:`g(c) \pm \sum_k r_k \max |H_{jk}|` whose width shrinks quadratically with the box.
+They enclose :math:`\partial f_i/\partial x_j` at every point of a box for the network's
+real-arithmetic function with the model's weights in float64.
 
 Branch and bound proves ``derivative >= lower`` (``<= upper``) on the whole box: a priority
 queue holds sub-boxes ordered by their worst interval bound. The worst ones are popped in
@@ -69,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +48,8 @@ import torch
 from scipy.special import expit
 
 from constrained_grad.constraints.domain import BoundsLike, Box
+from constrained_grad.derivatives.bounds import Activation, Affine, Layer
+from constrained_grad.derivatives.bounds import column_bounds as column_bounds_torch
 from constrained_grad.errors import InputValidationError
 from constrained_grad.verify.milp import (
     BoundCheck,
@@ -104,8 +74,6 @@ SMOOTH_LAYERS = (
     "(nested) nn.Sequential, or a cg.Ensemble of such networks of equal depth; activations "
     "with non-monotone derivatives (SiLU, GELU, ELU, Mish, ...) are not bounded"
 )
-_REL = 1e-15  # relative (and absolute) slack of activations and products
-_ULP2 = 2.0**-51  # twice the float64 unit roundoff
 Split = Literal["sensitivity", "widest", "best"]
 
 
@@ -137,165 +105,18 @@ def _smooth_layer(m: torch.nn.Module) -> Smooth | None:
     return None
 
 
-def _widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return lo - _REL * (1.0 + np.abs(lo)), hi + _REL * (1.0 + np.abs(hi))
-
-
-def _affine(
-    lo: np.ndarray, hi: np.ndarray, layer: _Affine, tangent: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """``W [lo, hi] (+ b)`` for rows of intervals, widened for float64 rounding."""
-    w = layer.weight
-    aw = np.abs(w)
-    c, r = (lo + hi) * 0.5, (hi - lo) * 0.5
-    mid = c @ w.T
-    if not tangent:
-        mid = mid + layer.bias
-    rad = r @ aw.T
-    scale = (np.abs(c) + r) @ aw.T + (0.0 if tangent else np.abs(layer.bias))
-    rad = rad + (w.shape[1] + 8) * _ULP2 * scale + 1e-300
-    return mid - rad, mid + rad
-
-
-def _unimodal(
-    lo: np.ndarray, hi: np.ndarray, g: np.ndarray, gl: np.ndarray, gh: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds of a function even in ``z`` and decreasing in ``|z|`` with peak ``g`` at 0,
-    from its values ``gl``, ``gh`` at the endpoints."""
-    dmin = np.minimum(gl, gh)
-    dmax = np.where((lo <= 0) & (hi >= 0), g, np.maximum(gl, gh))
-    return dmin, dmax
-
-
-def _activation(
-    layer: _Activation | Smooth, lo: np.ndarray, hi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Value bounds ``[vl, vh]`` and derivative bounds ``[dl, dh]`` over ``[lo, hi]``."""
-    if isinstance(layer, _Activation):
-        a = layer.slope
-        vl, vh = np.where(lo > 0, lo, a * lo), np.where(hi > 0, hi, a * hi)
-        if a < 0:  # not monotone: the kink value 0 is the minimum of an interval around 0
-            both = (lo <= 0) & (hi >= 0)
-            vl, vh = np.where(both, 0.0, np.minimum(vl, vh)), np.maximum(vl, vh)
-        dl = np.where(lo > 0, 1.0, np.where(hi < 0, a, min(a, 1.0)))
-        dh = np.where(lo > 0, 1.0, np.where(hi < 0, a, max(a, 1.0)))
-        vl, vh = _widen(vl, vh)
-        return vl, vh, dl, dh
-    if layer.kind == "tanh":
-        tl, th = np.tanh(lo), np.tanh(hi)
-        dl, dh = _unimodal(lo, hi, np.ones_like(lo), 1.0 - tl * tl, 1.0 - th * th)
-        top = 1.0
-        vl, vh = tl, th
-    elif layer.kind == "sigmoid":
-        sl, sh = expit(lo), expit(hi)
-        dl, dh = _unimodal(lo, hi, np.full_like(lo, 0.25), sl * (1 - sl), sh * (1 - sh))
-        top = 0.25
-        vl, vh = sl, sh
-    else:  # softplus: value increasing; derivative sigmoid(beta z), 1 above the threshold
-        b, t = layer.beta, layer.threshold
-        vl, vh = layer(lo), layer(hi)
-        # torch switches to the identity above the threshold, a jump of log1p(exp(-t)) / b
-        jump = math.log1p(math.exp(-t)) / b
-        vl, vh = vl - jump, vh + jump
-        dl = np.where(b * lo > t, 1.0, expit(b * lo))
-        dh = np.where(b * hi > t, 1.0, expit(b * hi))
-        top = 1.0
-    vl, vh = _widen(vl, vh)
-    dl = np.maximum(dl - 4 * _REL, 0.0)
-    dh = np.minimum(dh + 4 * _REL, top)
-    return vl, vh, dl, dh
-
-
-def _product(
-    tl: np.ndarray, th: np.ndarray, dl: np.ndarray, dh: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``[tl, th] * [dl, dh]`` elementwise: min and max of the four endpoint products."""
-    p = np.stack([tl * dl, tl * dh, th * dl, th * dh])
-    return _widen(p.min(axis=0), p.max(axis=0))
-
-
-def _extremes(
-    f: Callable[[np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray, crit: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Min and max of a smooth ``f`` over ``[a, b]`` given its critical points ``crit``."""
-    vals = [f(a), f(b)] + [np.where((a <= c) & (c <= b), f(np.full_like(a, c)), f(a)) for c in crit]
-    v = np.stack(vals)
-    return v.min(axis=0) - 1e-14, v.max(axis=0) + 1e-14
-
-
-def _curvature(
-    layer: _Activation | Smooth, lo: np.ndarray, hi: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""Bounds of :math:`\sigma''` over ``[lo, hi]`` and, per box, whether :math:`\sigma'` is
-    continuous there (no (leaky) ReLU kink, no softplus threshold inside)."""
-    if isinstance(layer, _Activation):
-        kink = (lo <= 0) & (hi >= 0) & (layer.slope != 1.0)
-        zero = np.zeros_like(lo)
-        return zero, zero, np.asarray(~kink.reshape(kink.shape[0], -1).any(axis=1))
-    ok = np.ones(lo.shape[0], dtype=bool)
-    if layer.kind == "tanh":  # tanh'' = -2 t (1 - t^2), t = tanh z increasing; h' = 0 at 1/sqrt 3
-        cl, ch = _extremes(
-            lambda t: -2 * t * (1 - t * t), np.tanh(lo), np.tanh(hi), [-(3**-0.5), 3**-0.5]
-        )
-    elif layer.kind == "sigmoid":  # s (1 - s)(1 - 2 s), s = sigmoid z; critical (3 +- sqrt 3)/6
-        r3 = 3**0.5
-        cl, ch = _extremes(
-            lambda v: v * (1 - v) * (1 - 2 * v), expit(lo), expit(hi), [(3 - r3) / 6, (3 + r3) / 6]
-        )
-    else:  # softplus'' = beta s (1 - s), s = sigmoid(beta z); 0 above the threshold
-        b, t = layer.beta, layer.threshold
-        cl, ch = _extremes(lambda v: b * v * (1 - v), expit(b * lo), expit(b * hi), [0.5])
-        above = b * hi > t
-        cl = np.where(above, np.minimum(cl, 0.0), cl)
-        ok = np.asarray(~((b * lo <= t) & above).reshape(lo.shape[0], -1).any(axis=1))
-    return cl, ch, ok
-
-
-def _add(
-    al: np.ndarray, ah: np.ndarray, bl: np.ndarray, bh: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    return _widen(al + bl, ah + bh)
-
-
-def _propagate(
-    layers: Sequence[object], lo: np.ndarray, hi: np.ndarray, j: int, second: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    r"""Interval forward pass: derivative by ``x_j`` and, if ``second``, the Hessian column
-    :math:`\partial^2 f / \partial x_j \partial x_k` for every ``k`` (``(B, d, n_out)``),
-    with the mask of boxes on which the derivative is continuously differentiable."""
-    zl, zh = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-    b, d = zl.shape
-    ql: np.ndarray | None
-    qh: np.ndarray | None
-    if second:  # tangents along every input (B, d, n), j-th row is the column we bound
-        sl = np.broadcast_to(np.eye(d), (b, d, d)).copy()
-        sh, ql, qh = sl.copy(), np.zeros_like(sl), np.zeros_like(sl)
-    else:
-        sl = np.zeros((b, 1, d))
-        sl[:, 0, j] = 1.0
-        sh = sl.copy()
-        ql = qh = None
-    row = j if second else 0
-    ok = np.ones(b, dtype=bool)
+def torch_layers(layers: Sequence[object]) -> list[Layer]:
+    """The parsed float64 layers as the bound engine's layers (shared, one implementation)."""
+    out: list[Layer] = []
     for layer in layers:
         if isinstance(layer, _Affine):
-            zl, zh = _affine(zl, zh, layer, tangent=False)
-            sl, sh = _affine(sl, sh, layer, tangent=True)
-            if ql is not None and qh is not None:
-                ql, qh = _affine(ql, qh, layer, tangent=True)
+            out.append(Affine(torch.from_numpy(layer.weight), torch.from_numpy(layer.bias)))
+        elif isinstance(layer, _Activation):
+            out.append(Activation("relu", slope=layer.slope))
         else:
-            assert isinstance(layer, _Activation | Smooth)
-            if ql is not None and qh is not None:
-                cl, ch, smooth = _curvature(layer, zl, zh)
-                ok &= smooth
-                tl, th = sl[:, row : row + 1], sh[:, row : row + 1]
-                pl, ph = _product(tl, th, sl, sh)  # t_j * t_k
-                pl, ph = _product(pl, ph, cl[:, None], ch[:, None])
-            zl, zh, dl, dh = _activation(layer, zl, zh)
-            if ql is not None and qh is not None:
-                ql, qh = _add(pl, ph, *_product(ql, qh, dl[:, None], dh[:, None]))
-            sl, sh = _product(sl, sh, dl[:, None], dh[:, None])
-    return sl[:, row], sh[:, row], ql, qh, ok
+            assert isinstance(layer, Smooth)
+            out.append(Activation(layer.kind, beta=layer.beta, threshold=layer.threshold))
+    return out
 
 
 def column_bounds(
@@ -313,9 +134,7 @@ def column_bounds(
         lo, hi: ``(B, d)`` float64 corners of ``B`` boxes.
         input_index: ``j``.
         centred: also use the mean-value form :math:`g(c) \pm \sum_k r_k \max |H_{jk}|`
-            (:math:`g(c)` at the centre, :math:`H` the interval Hessian column over the box)
-            and intersect: its width shrinks quadratically with the box, the plain
-            interval's linearly. Skipped on boxes where :math:`\sigma'` jumps (a ReLU kink).
+            (see :mod:`constrained_grad.derivatives.bounds`).
 
     Returns:
         ``(B, n_out)`` lower and upper bounds of every output's derivative by ``x_j``.
@@ -328,20 +147,20 @@ def _bounds(
     layers: Sequence[object], lo: np.ndarray, hi: np.ndarray, input_index: int, *, centred: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`column_bounds` and the spread ``r_k max |H_jk|`` per box, feature and output
-    (None without the mean-value form; 0 on boxes where it does not apply)."""
-    gl, gh, hl, hh, ok = _propagate(layers, lo, hi, input_index, second=centred)
-    if not centred or hl is None or hh is None or not ok.any():
-        return gl, gh, None
-    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-    c = (lo + hi) * 0.5
-    r = (hi - lo) * 0.5 * (1 + 4 * _ULP2) + 1e-300  # covers |x - c| despite rounding
-    cl, ch, _, _, _ = _propagate(layers, c, c, input_index, second=False)
-    per = r[:, :, None] * np.maximum(np.abs(hl), np.abs(hh))
-    spread = per.sum(axis=1) * (1 + (lo.shape[1] + 4) * _ULP2) + 1e-300
-    ml, mh = _widen(cl - spread, ch + spread)
-    gl = np.where(ok[:, None], np.maximum(gl, ml), gl)
-    gh = np.where(ok[:, None], np.minimum(gh, mh), gh)
-    return gl, gh, np.where(ok[:, None, None], per, 0.0)
+    (None without the mean-value form; 0 on boxes where it does not apply): the sound
+    float64 bounds of :func:`constrained_grad.derivatives.bounds.column_bounds`."""
+    tl = layers if all(isinstance(x, (Affine, Activation)) for x in layers) else None
+    b = column_bounds_torch(
+        tl if tl is not None else torch_layers(layers),  # type: ignore[arg-type]
+        torch.as_tensor(np.asarray(lo, dtype=np.float64)),
+        torch.as_tensor(np.asarray(hi, dtype=np.float64)),
+        [input_index],
+        mean_value=centred,
+        sound=True,
+        who="certify_interval",
+    )
+    spread = None if b.spread is None else b.spread[..., 0].numpy()
+    return b.lower[..., 0].numpy(), b.upper[..., 0].numpy(), spread
 
 
 _prepare_smooth = functools.partial(_prepare, extra=_smooth_layer, supported=SMOOTH_LAYERS)
@@ -457,6 +276,7 @@ def _branch_and_bound(
     heap: list[tuple[float, int, _Node]] = []
     stuck: list[_Node] = []
     count = 0
+    order = itertools.count()  # unique tie-break: nodes themselves are never compared
 
     def result(status: Status, proven: float | None, note: str) -> BoundCheck:
         ce = (
@@ -498,7 +318,7 @@ def _branch_and_bound(
                     heap,
                     (
                         float(k[r]),
-                        count + r,
+                        next(order),
                         _Node(lo[r], hi[r], stages[r], float(k[r]), spread[r]),
                     ),
                 )
