@@ -18,6 +18,7 @@ from constrained_grad.constraints import (
     AugmentedLagrangian,
     Between,
     Box,
+    Cells,
     Concave,
     Convex,
     Custom,
@@ -55,7 +56,7 @@ from constrained_grad.history import (
 from constrained_grad.models import Ensemble
 from constrained_grad.parallel import is_main_process
 from constrained_grad.problem import DerivativeProblem, RankSync, with_indices
-from constrained_grad.training import FitResult, StepInfo, Trainer, fit
+from constrained_grad.training import FitResult, Prover, StepInfo, Trainer, fit
 from constrained_grad.verify import (
     Counterexamples,
     VerificationReport,
@@ -75,6 +76,7 @@ __all__ = [
     "Between",
     "Box",
     "CSVLogger",
+    "Cells",
     "Concave",
     "ConstraintHealth",
     "Convex",
@@ -95,6 +97,7 @@ __all__ = [
     "Monotonic",
     "Needs",
     "OnBatch",
+    "Prover",
     "QuadraticPenalty",
     "RankSync",
     "StepInfo",

@@ -1,6 +1,7 @@
 """Declarative derivative constraints: what is constrained, where, and how it is weighed."""
 
 from constrained_grad.constraints.base import REDUCTIONS, DerivativeConstraint, reduce_violations
+from constrained_grad.constraints.cells import Cells
 from constrained_grad.constraints.domain import Box
 from constrained_grad.constraints.formulation import (
     AugmentedLagrangian,
@@ -28,6 +29,7 @@ __all__ = [
     "AugmentedLagrangian",
     "Between",
     "Box",
+    "Cells",
     "Concave",
     "Convex",
     "Custom",

@@ -109,6 +109,9 @@ class DerivativeConstraint:
 
     kind: str = "inequality"  # or "equality"
     default_reduction: str = "mean_hinge"
+    #: whether ``where=Cells(...)`` applies: the signed value must be monotone in each
+    #: derivative entry, so its worst case over an interval is at an endpoint
+    supports_cells: bool = False
 
     def __init__(
         self,
@@ -132,7 +135,10 @@ class DerivativeConstraint:
                 f"{who}: where must be OnBatch(), InBox(...), Between(...) or "
                 f"AtPoints(...) (got {type(where).__name__})."
             )
-        self.reduction = self.default_reduction if reduction is None else reduction
+        if reduction is None:  # cells recur with stable ids: one multiplier per cell
+            over_cells = getattr(self.where, "over_cells", False)
+            reduction = "pointwise" if over_cells else self.default_reduction
+        self.reduction = reduction
         if self.reduction not in REDUCTIONS:
             raise ConstraintSpecError(
                 f"{who}: unknown reduction {self.reduction!r}. Choose one of {REDUCTIONS}."
@@ -169,6 +175,12 @@ class DerivativeConstraint:
         """Check the declaration against a model with ``n_inputs``/``n_outputs`` per sample."""
         self.n_inputs, self.n_outputs = n_inputs, n_outputs
         self.where.check_inputs(n_inputs, self.label)
+        if getattr(self.where, "over_cells", False) and not self.supports_cells:
+            raise ConstraintSpecError(
+                f"{self.label}: where=Cells(...) bounds first derivatives over cells, which "
+                f"applies to Monotonic and DerivativeBound with number bounds (got "
+                f"{type(self).__name__}). Enforce this constraint at points (OnBatch, InBox)."
+            )
 
     @property
     def needs(self) -> Needs:

@@ -80,6 +80,8 @@ class Monotonic(_ColumnConstraint):
         Monotonic(inputs=(5,), outputs=all, direction='increasing', margin=0.0)
     """
 
+    supports_cells = True
+
     def __init__(
         self,
         inputs: int | Sequence[int],
@@ -175,6 +177,10 @@ class DerivativeBound(_ColumnConstraint):
             raise ConstraintSpecError(
                 "DerivativeBound: lower > upper for some entries. Correct the bound tensors."
             )
+
+    @property
+    def supports_cells(self) -> bool:  # type: ignore[override]
+        return all(b is None or isinstance(b, float) for b in (self.lower, self.upper))
 
     def resolve(self, n_inputs: int, n_outputs: int) -> None:
         super().resolve(n_inputs, n_outputs)

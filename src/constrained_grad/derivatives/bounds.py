@@ -502,3 +502,79 @@ def _reverse(
         w = layer.weight  # r W = r (W^T)^T: the affine map of the transposed layer
         rl, rh = ops.affine(rl, rh, Affine(w.T, w.new_zeros(w.shape[1])), tangent=True)
     return rl[:, :, cols], rh[:, :, cols]
+
+
+# ------------------------------------------------------------------- what constraints read
+class BoundValues:
+    """One end of the column enclosures over cells, read by constraints like derivatives at
+    points: ``columns(inputs)`` is the ``(N, n_out, k)`` lower (or upper) bound block.
+
+    A constraint whose signed value is monotone in each derivative entry
+    (``supports_cells``) is worst on each cell at one end, so the larger of its values on
+    the lower and the upper :class:`BoundValues` is its worst case over the cell.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        bounds: torch.Tensor,
+        columns: Sequence[int],
+        index: torch.Tensor | None,
+    ) -> None:
+        self.x = x
+        self._bounds = bounds
+        self._pos = {j: p for p, j in enumerate(columns)}
+        self.index = index
+        self.paths = {"columns": "interval bound over cells"}
+
+    def columns(self, inputs: Sequence[int]) -> torch.Tensor:
+        return self._bounds[:, :, [self._pos[j] for j in inputs]]
+
+    def _refuse(self, what: str) -> torch.Tensor:
+        raise InputValidationError(
+            f"Cells: constraints over cells read bounds of Jacobian columns only (got a "
+            f"request for {what}). Use Monotonic or DerivativeBound with number bounds."
+        )
+
+    @property
+    def outputs(self) -> torch.Tensor:
+        return self._refuse("outputs")
+
+    def rows(self, outputs: Sequence[int]) -> torch.Tensor:
+        return self._refuse("rows")
+
+    def jacobian(self) -> torch.Tensor:
+        return self._refuse("the Jacobian")
+
+    def fro_sq(self, estimator: str, samples: int) -> torch.Tensor:
+        return self._refuse("Frobenius norms")
+
+    def projections(self, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._refuse("projections")
+        raise AssertionError  # unreachable
+
+    def second(self, inputs: Sequence[int]) -> torch.Tensor:
+        return self._refuse("second derivatives")
+
+
+def cell_values(
+    model: torch.nn.Module,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    columns: Sequence[int],
+    *,
+    index: torch.Tensor | None = None,
+    create_graph: bool = True,
+    who: str = "Cells",
+) -> tuple[BoundValues, BoundValues]:
+    """Lower and upper :class:`BoundValues` of the model's columns over the cells
+    ``[lo, hi]`` (cast to the model's dtype and device), differentiable in its weights when
+    ``create_graph``."""
+    cols = sorted(columns)
+    layers = network_layers(model, lo.shape[1], who=who)
+    w = next(layer for layer in layers if isinstance(layer, Affine)).weight
+    lo, hi = lo.to(w.device, w.dtype), hi.to(w.device, w.dtype)
+    with torch.set_grad_enabled(create_graph):
+        b = column_bounds(layers, lo, hi, cols, who=who)
+    x = (lo + hi) / 2
+    return BoundValues(x, b.lower, cols, index), BoundValues(x, b.upper, cols, index)

@@ -34,8 +34,10 @@ from constrained_grad.constraints import (
     QuadraticPenalty,
     reduce_violations,
 )
+from constrained_grad.constraints.cells import Cells
 from constrained_grad.constraints.points import check_batch_index
 from constrained_grad.derivatives import evaluate
+from constrained_grad.derivatives.bounds import cell_values, network_layers
 from constrained_grad.derivatives.engine import DerivativeValues, constraint_violations
 from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
@@ -192,6 +194,9 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             self.specs[name] = c
             setattr(self, name, self._make_cooper_constraint(c))
             c.where.attach(self._violations_for(name))
+            if isinstance(c.where, Cells):
+                network_layers(model, self.n_inputs, who=name)  # refuse unboundable layers now
+                c.where.attach_cells(self._cell_violations_for(name))
         # constraints enforced at the same points share one engine computation
         self._groups: dict[object, list[str]] = {}
         for name, c in self.specs.items():
@@ -296,6 +301,9 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             evaluated: list[tuple[str, torch.Tensor, DerivativeValues]] = []
             for names in self._groups.values():
                 source = self.specs[names[0]].where
+                if isinstance(source, Cells):
+                    evaluated += self._over_cells(source, names, create_graph, reuse_points)
+                    continue
                 values = self._values_for(source, b, x, outputs, names, create_graph, reuse_points)
                 for name in names:
                     evaluated.append((name, self.specs[name].violations(values, b), values))
@@ -406,6 +414,87 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             column_method=self.column_method,
             index=index,
         )
+
+    def _over_cells(
+        self, source: Cells, names: list[str], create_graph: bool, reuse_points: bool
+    ) -> list[tuple[str, torch.Tensor, Any]]:
+        """Violations of the constraints ``names`` over the cells of ``source``: the worst
+        end of each sound column enclosure, plus the cells' slack. Refines the partition
+        first when a round is due (children inherit their parent's multipliers)."""
+        key = id(source)
+        if reuse_points and key in self._last_points:
+            lo, hi, ids = self._last_points[key]  # type: ignore[misc]
+        else:
+            if source.due():
+                self.refine_cells(names)
+            lo, hi, ids = source.cells(self.generator)
+            self._last_points[key] = (lo, hi, ids)  # type: ignore[assignment]
+        cols: set[int] = set()
+        for name in names:
+            cols |= self.specs[name].needs.columns
+        ids = ids.to(self.device)
+        low, high = cell_values(
+            self.model, lo, hi, sorted(cols), index=ids, create_graph=create_graph, who=names[0]
+        )
+        out = []
+        worst = None
+        for name in names:
+            spec = self.specs[name]
+            g = torch.maximum(spec.violations(low), spec.violations(high)) + source.slack
+            out.append((name, g, low))
+            w = g.detach().amax(dim=1)
+            worst = w if worst is None else torch.maximum(worst, w)
+        assert worst is not None
+        source.observe(ids, worst)
+        if self.sync is not None:  # every rank holds the same cells
+            self.replicated.update(names)
+        return out
+
+    def _cell_violations_for(
+        self, name: str
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``(lo, hi) -> (N, C)`` violations of constraint ``name`` over cells (no graph)."""
+        spec = self.specs[name]
+        source = spec.where
+        assert isinstance(source, Cells)
+
+        def violations(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+            low, high = cell_values(
+                self.model, lo, hi, sorted(spec.needs.columns), create_graph=False, who=name
+            )
+            g = torch.maximum(spec.violations(low), spec.violations(high))
+            return g + source.slack
+
+        return violations
+
+    def refine_cells(self, names: Sequence[str] | None = None) -> int:
+        """Run one refinement round of the cells of the constraints ``names`` (all
+        constraints over cells when None); children inherit their parent's multipliers.
+        Returns the number of cells split."""
+        names = [
+            n
+            for n in (self.specs if names is None else names)
+            if isinstance(self.specs[n].where, Cells)
+        ]
+        split = 0
+        sources: dict[int, tuple[Any, list[str]]] = {}
+        for n in names:
+            where = self.specs[n].where
+            sources.setdefault(id(where), (where, []))[1].append(n)
+        for source, group in sources.values():
+            pairs = source.refine_round(self.dtype, self.device)
+            split += len(pairs)
+            for n in group:
+                m = self._constraints[n].multiplier
+                if self.specs[n].reduction != "pointwise" or m is None:
+                    continue
+                c = self.specs[n].n_components
+                with torch.no_grad():
+                    w = m.weight
+                    for parent, ids in pairs:
+                        for child in ids[1:]:
+                            w[child * c : (child + 1) * c] = w[parent * c : (parent + 1) * c]
+        return split
 
     def _shard(
         self, points: torch.Tensor, index: torch.Tensor | None, names: list[str]

@@ -463,6 +463,8 @@ def fit(
             steps trains 50 more).
         update: ``"simultaneous"`` or ``"alternating"`` primal-dual updates.
         callbacks: ``callback(StepInfo)`` after every step; returning True stops training.
+            A callback with an ``on_fit_end(result)`` method is also called once with the
+            :class:`FitResult` when training ends (e.g. :class:`~constrained_grad.Prover`).
         eval_fn / eval_every: ``eval_fn(model) -> {metric: value}`` logged every
             ``eval_every`` steps and at the end.
         stop_tolerance / patience: stop once every constraint's worst violation on the
@@ -704,7 +706,7 @@ def fit(
         sync.broadcast(list(problem.model.buffers()))  # e.g. BatchNorm statistics: rank 0's
     if eval_fn is not None:
         trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
-    return FitResult(
+    result = FitResult(
         trainer.history,
         problem,
         trainer.step_count,
@@ -712,6 +714,11 @@ def fit(
         trainer.dual_optimizer,
         {"skipped_steps": trainer.skipped, "checkpoint": ckpt_path},
     )
+    for cb in callbacks:  # policies that act once training is over (e.g. cg.Prover)
+        end = getattr(cb, "on_fit_end", None)
+        if callable(end):
+            end(result)
+    return result
 
 
 CHECKPOINT_NAME = "checkpoint.pt"

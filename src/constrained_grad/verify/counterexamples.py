@@ -26,7 +26,7 @@ from constrained_grad.constraints.points import (
     positive_int,
     subset_ids,
 )
-from constrained_grad.errors import ConstraintSpecError
+from constrained_grad.errors import ConstraintSpecError, InputValidationError
 from constrained_grad.verify.search import adversarial_search
 
 Violations = Callable[[torch.Tensor, bool], torch.Tensor]
@@ -80,6 +80,7 @@ class Counterexamples(PointSource):
         self.calls = 0
         self.rounds = 0
         self.found = 0  # counterexamples added so far
+        self._dtype, self._device = torch.get_default_dtype(), torch.device("cpu")
 
     def attach(self, violations: Violations) -> None:
         self._violations.append(violations)
@@ -131,6 +132,38 @@ class Counterexamples(PointSource):
         self.found += new.shape[0]
         return int(new.shape[0])
 
+    def add(self, points: torch.Tensor) -> int:
+        """Put points into the buffer (e.g. counterexamples a certificate found), as a
+        search round would: free slots first, then the slots with the most slack. Points are
+        projected onto the domain. Returns how many were added."""
+        if not isinstance(points, torch.Tensor) or points.dim() != 2:
+            raise InputValidationError(
+                f"Counterexamples.add: points must be an (N, {self.domain.dim}) tensor (got "
+                f"{getattr(points, 'shape', type(points).__name__)})."
+            )
+        if points.shape[1] != self.domain.dim or not bool(torch.isfinite(points).all()):
+            raise InputValidationError(
+                f"Counterexamples.add: points must be finite with {self.domain.dim} features "
+                f"(got shape {tuple(points.shape)}). Pass points of the domain's width."
+            )
+        new = self.domain.project(points.detach().to("cpu", torch.float64))
+        if new.shape[0] == 0:
+            return 0
+        take = min(self.capacity - self.filled, new.shape[0])
+        self.buffer[self.filled : self.filled + take] = new[:take]
+        self.filled += take
+        rest = new[take:]
+        if rest.shape[0]:  # full: replace the buffered points with the most slack
+            if self._violations:
+                x = self.buffer.to(device=self._device, dtype=self._dtype)
+                slack = self._all_violations(x, False).max(dim=1).values
+                order = torch.argsort(slack.cpu())[: rest.shape[0]]
+            else:
+                order = torch.arange(min(rest.shape[0], self.capacity))
+            self.buffer[order] = rest[: order.numel()]
+        self.found += int(new.shape[0])
+        return int(new.shape[0])
+
     def points(
         self,
         batch_x: torch.Tensor,
@@ -139,6 +172,7 @@ class Counterexamples(PointSource):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         dtype = batch_x.dtype if batch_x is not None else torch.get_default_dtype()
         device = batch_x.device if batch_x is not None else torch.device("cpu")
+        self._dtype, self._device = dtype, device
         if self.calls % self.every == 0:
             self.search(dtype, device)
         self.calls += 1

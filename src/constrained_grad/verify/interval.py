@@ -215,13 +215,16 @@ class _Node:
 
 
 def _discrete_children(box: Box, node: _Node) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One child per value of the next categorical feature or category of the next group."""
+    """One child per value of the next categorical feature or category of the next group
+    that the node still allows (a node from a given partition may have decided some)."""
     cats = box.categorical_indices
     levels = box.categorical_levels
     out = []
     if node.stage < len(cats):
         i = cats[node.stage]
         for v in levels[i]:
+            if not node.lo[i] <= v <= node.hi[i]:
+                continue
             lo, hi = node.lo.copy(), node.hi.copy()
             lo[i] = hi[i] = v
             out.append((lo, hi))
@@ -229,6 +232,8 @@ def _discrete_children(box: Box, node: _Node) -> list[tuple[np.ndarray, np.ndarr
     group = list(box.one_hot[node.stage - len(cats)])
     low, high = box.low.numpy(), box.high.numpy()
     for k in group:
+        if node.hi[k] < high[k] or any(node.lo[o] > low[o] for o in group if o != k):
+            continue  # the node rules this category out
         lo, hi = node.lo.copy(), node.hi.copy()
         lo[group] = hi[group] = low[group]
         lo[k] = hi[k] = high[k]
@@ -248,6 +253,7 @@ def _branch_and_bound(
     time_limit: float | None,
     batch: int,
     split: Split,
+    cells: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> BoundCheck:
     start = time.perf_counter()
     box, layers, oracle = prep.box, prep.layers, prep.oracle
@@ -324,8 +330,10 @@ def _branch_and_bound(
                 )
         return False
 
-    if add(box.low.numpy()[None, :], box.high.numpy()[None, :], [0]):
-        return result("violated", None, "the centre of the box violates the bound")
+    # the whole box, or a partition of it to start from (e.g. certified training's cells)
+    roots = (box.low.numpy()[None, :], box.high.numpy()[None, :]) if cells is None else cells
+    if add(roots[0], roots[1], [0] * len(roots[0])):
+        return result("violated", None, "the centre of a box violates the bound")
     while heap:
         if count >= max_boxes or (
             time_limit is not None and time.perf_counter() - start > time_limit
@@ -440,6 +448,7 @@ def certify_interval(
     time_limit: float | None = None,
     batch: int = 64,
     split: Split = "sensitivity",
+    cells: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Certificate:
     r"""Prove or refute ``lower <= d f_out / d x_in <= upper`` on the whole box, for smooth
     networks, by interval bounds and branch and bound (see the module documentation).
@@ -462,6 +471,11 @@ def certify_interval(
             widest relative to the box where that form does not apply); ``"widest"`` the
             widest; ``"best"`` tries every feature and keeps the split whose halves have the
             best bounds (d times the interval passes, rarely fewer boxes).
+        cells: ``(lo, hi)``, two ``(N, d)`` tensors of a partition of the box to start from
+            instead of the whole box (e.g. the cells of certified training,
+            :class:`~constrained_grad.Cells`); each cell is clipped to the box. Sound
+            whatever the cells are: only their union must cover the box, which is the
+            caller's promise (a partition from :class:`~constrained_grad.Cells` does).
 
     Returns:
         A :class:`~constrained_grad.verify.Certificate` with ``method="interval"``; each
@@ -498,6 +512,9 @@ def certify_interval(
     prep = _prepare_smooth(model, low, high, fixed, categorical, one_hot, who)
     j = _check_index(input_index, prep.box.dim, "input_index", who)
     i = _check_index(output_index, prep.n_outputs, "output_index", who)
+    roots = None
+    if cells is not None:
+        roots = _check_cells(cells, prep.box, who)
     encode_time = time.perf_counter() - start
     checks = []
     sides: list[tuple[Literal["lower", "upper"], float | None]] = [
@@ -519,6 +536,7 @@ def certify_interval(
                 time_limit=time_limit,
                 batch=batch,
                 split=split,
+                cells=roots,
             )
         )
     return Certificate(
@@ -538,3 +556,28 @@ def certify_interval(
         mode=split,
         method="interval",
     )
+
+
+def _check_cells(cells: object, box: Box, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a partition ``(lo, hi)`` and clip it to the box (fixed features pinned)."""
+    if not (isinstance(cells, (tuple, list)) and len(cells) == 2):
+        raise InputValidationError(
+            f"{who}: cells must be a pair (lo, hi) of (N, d) tensors (got "
+            f"{type(cells).__name__}). Pass (cells.lo[:cells.n], cells.hi[:cells.n])."
+        )
+    lo, hi = (torch.as_tensor(c, dtype=torch.float64).detach().cpu() for c in cells)
+    d = box.dim
+    if lo.dim() != 2 or lo.shape != hi.shape or lo.shape[1] != d or lo.shape[0] == 0:
+        raise InputValidationError(
+            f"{who}: cells must be two non-empty (N, {d}) tensors (got {tuple(lo.shape)} and "
+            f"{tuple(hi.shape)})."
+        )
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()) or bool((lo > hi).any()):
+        raise InputValidationError(
+            f"{who}: cells must have finite corners with lo <= hi (got a NaN, an infinite "
+            "bound or lo > hi)."
+        )
+    lo = torch.maximum(lo, box.low)
+    hi = torch.minimum(hi, box.high)
+    keep = (lo <= hi).all(dim=1)  # cells outside the box add nothing
+    return lo[keep].numpy().copy(), hi[keep].numpy().copy()

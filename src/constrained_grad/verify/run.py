@@ -40,6 +40,7 @@ from constrained_grad.constraints import (
     GradientMatch,
     Monotonic,
 )
+from constrained_grad.constraints.cells import Cells
 from constrained_grad.derivatives import evaluate
 from constrained_grad.derivatives.engine import constraint_violations, frozen_eval
 from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
@@ -125,7 +126,13 @@ def _certify(
             "one_hot": domain.one_hot or None,
         }
         if method == "interval":
-            cert = certify_interval(model, domain.low, domain.high, max_boxes=max_boxes, **args)
+            cells = None
+            if isinstance(c.where, Cells) and c.where.covers(domain):
+                # start from certified training's partition (it covers the domain)
+                cells = (c.where.lo[: c.where.n], c.where.hi[: c.where.n])
+            cert = certify_interval(
+                model, domain.low, domain.high, max_boxes=max_boxes, cells=cells, **args
+            )
             boxes += sum(check.nodes or 0 for check in cert.checks)
         else:
             cert = certify_derivative_sign(model, domain.low, domain.high, **args)
@@ -413,6 +420,8 @@ def _verify_one(
     if kw["certify"] and certifiable and isinstance(model, torch.nn.Module):
         try:
             method = _certifier(model, domain.dim)
+            if isinstance(c.where, Cells):  # its cells' bounds are the certificate
+                method = "interval"
             cstatus, certificate, mces, secs, boxes = _certify(
                 model, c, domain, tol, kw["time_limit"], method, kw["max_boxes"]
             )
