@@ -27,6 +27,13 @@ class GraphCutError(ConstrainedGradError, RuntimeError):
     """
 
 
+class CompiledModelError(ConstrainedGradError, TypeError):
+    """Derivatives were asked through ``torch.compile``'d code, whose backward cannot be
+    differentiated again. A compiled model passed directly is unwrapped to the module it
+    compiles; this is raised for compiled code the library cannot see (a compiled submodule,
+    a function calling a compiled module, outputs computed by one)."""
+
+
 class EngineError(ConstrainedGradError, RuntimeError):
     """The derivative engine could not evaluate a request on any available path."""
 

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from constrained_grad.errors import InputValidationError
 from constrained_grad.history.health import diagnose as cg_diagnose
 from constrained_grad.history.plots import (
+    auto_scale,
     partial_dependence,
     plot_history,
     plot_partial_dependence,
@@ -392,3 +393,142 @@ def test_partial_dependence_rejects_batch_reducing_model():
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     with pytest.raises(InputValidationError, match="must map"):
         plot_partial_dependence(lambda t: t.sum(), x, 0)
+
+
+# ----------------------------------------------------------- legends and default y scales
+def _drawn(fig: Figure):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    return fig.canvas.get_renderer()
+
+
+def _legends(fig: Figure) -> list:
+    return [*fig.legends, *(a.get_legend() for a in fig.axes if a.get_legend() is not None)]
+
+
+def _label_boxes(ax, renderer) -> list:
+    texts = [ax.xaxis.label, ax.yaxis.label, ax.title]
+    texts += [t.label1 for t in ax.yaxis.get_major_ticks() if t.label1.get_visible()]
+    texts += [t.label1 for t in ax.xaxis.get_major_ticks() if t.label1.get_visible()]
+    return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+
+
+def test_partial_dependence_legend_of_eight_outputs_covers_no_axes_or_labels():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
+    x = torch.randn(200, 3)
+    fig = plot_partial_dependence(model, x, 2, output_index=None)
+    renderer = _drawn(fig)
+    legends = _legends(fig)
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer))
+        for label in _label_boxes(ax, renderer):
+            assert not box.overlaps(label), label
+    texts = [t.get_text() for t in legends[0].get_texts()]
+    assert [f"output {i}" for i in range(8)] == texts[:8]  # one entry per output colour
+    assert "slope < 0 (any output)" in texts
+
+
+def test_partial_dependence_legend_into_given_axes_stands_beside_them():
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    axes = fig.subplots(2, 1)
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(2))
+    plot_partial_dependence(linear_model([1.0, -1.0]).float(), x, 1, axes=axes)
+    renderer = _drawn(fig)
+    (legend,) = _legends(fig)
+    for ax in axes:
+        assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_history_legends_stand_outside_the_panels():
+    h = History(["a", "b", "c"])
+    for s in range(100):  # violations largest at the start, where an inside legend sat
+        row = [1.0 / (s + 1), 2.0 / (s + 1)]
+        for k in range(3):
+            v = (2.0 + k) * math.exp(-s / 15) - 0.3
+            lam = 0.05 * min(s, 40) * (k + 1)
+            row += [v, v + 0.5, 0.1, lam, lam, lam, lam, lam]
+        h.log_step(s, 0, 0.1 * s, row)
+    fig = plot_history(h)
+    renderer = _drawn(fig)
+    legends = _legends(fig)
+    assert len(legends) == 3
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert fig.bbox.contains(box.x1, box.y1)
+        assert not any(box.overlaps(b) for b in boxes)
+
+
+def _matching_history(n: int = 200, tol: float = 1e-4) -> History:
+    """A gradient-matching run: error mse falls 1 -> 1e-6, violation mse - tol settles at -tol."""
+    h = History(["grad_match"])
+    for s in range(n):
+        mse = 10.0 ** (-6.0 * s / (n - 1))
+        lam = 8.0 * (1.0 - math.exp(-s / 5))
+        h.log_step(
+            s, 0, 0.0, [mse, mse + lam * (mse - tol), mse - tol, 2 * mse - tol, 0.0] + [lam] * 5
+        )
+    return h
+
+
+def test_gradient_matching_history_gets_log_scales_by_default():
+    fig = plot_history(_matching_history())
+    ax_loss, ax_mult, ax_viol = fig.axes[:3]
+    assert ax_loss.get_yscale() == "symlog"  # the Lagrangian ends at about -8 * tol
+    loss_only = plot_history(_matching_history(), panels=("loss",))
+    assert loss_only.axes[0].get_yscale() == "symlog"
+    assert auto_scale([np.asarray(_matching_history().column("loss"))]) == ("log", None)
+    assert ax_mult.get_yscale() == "linear"  # rises to 8 and levels off
+    assert ax_viol.get_yscale() == "symlog"  # 1 -> about -1e-4: decades, then around 0
+    assert ax_viol.yaxis.get_transform().linthresh == pytest.approx(1e-4)
+    lo, hi = ax_viol.get_ylim()  # limits follow the data in the new scale
+    assert lo < -9e-5 and lo > -1e-3 and hi >= 2.0
+    # forced choices still win
+    assert plot_history(_matching_history(), log=False).axes[2].get_yscale() == "linear"
+    assert plot_history(make_history()).axes[2].get_yscale() == "linear"  # no decades
+    with pytest.raises(InputValidationError, match="log must be True, False or None"):
+        plot_history(make_history(), log="yes")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([np.geomspace(1.0, 1e-3, 50)], ("log", None)),  # max/min = 1000
+        ([np.geomspace(1.0, 0.02, 50)], ("linear", None)),  # max/min = 50
+        ([np.r_[np.geomspace(3.0, 1e-3, 25), np.full(25, -2e-3)]], ("symlog", 1e-3)),
+        ([np.r_[np.linspace(3.0, -0.3, 25), np.full(25, -0.3)]], ("linear", None)),  # slack
+        ([np.r_[np.linspace(3.0, 0.0, 25), np.zeros(25)]], ("linear", None)),  # exactly 0
+        ([np.array([np.nan, 5.0])], ("linear", None)),
+    ],
+)
+def test_auto_scale_rule(values, expected):
+    scale, linthresh = auto_scale(values)
+    assert scale == expected[0]
+    assert linthresh == (None if expected[1] is None else pytest.approx(expected[1]))
+
+
+def test_auto_scale_on_a_real_gradient_matching_fit():
+    import constrained_grad as cg
+
+    torch.manual_seed(0)
+    x = torch.cartesian_prod(torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 8))
+    grads = torch.stack([2 * x[:, 0], -x[:, 1]], dim=1)  # V = x0^2 - x1^2 / 2
+    model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    match = cg.GradientMatch(targets="y", normalize=True, tolerance=1e-4, name="match")
+    problem = cg.DerivativeProblem(model, None, [match], seed=0)
+    result = cg.fit(
+        problem,
+        [(x, grads)],
+        torch.optim.Adam(model.parameters(), lr=1e-2),
+        dual_lr=1.0,
+        epochs=300,
+        progress=False,
+    )
+    viol = np.asarray(result.history.constraint("match")["violation_max"], dtype=float)
+    assert viol[0] > 100 * np.abs(viol[len(viol) // 2 :]).max()  # the run does span decades
+    assert plot_history(result.history).axes[2].get_yscale() in ("log", "symlog")

@@ -25,6 +25,7 @@ import constrained_grad as cg
 from constrained_grad.errors import (
     CertificationError,
     CheckpointError,
+    CompiledModelError,
     ConstrainedGradError,
     ConstraintSpecError,
     GraphCutError,
@@ -67,6 +68,13 @@ def _problem(
         [_mono()] if constraints is None else constraints,
         **kw,
     )
+
+
+def _with_compiled_layer() -> nn.Sequential:
+    """A model one of whose layers is torch.compile'd (no double backward, not unwrappable)."""
+    torch.manual_seed(0)
+    inner = torch.compile(nn.Sequential(nn.Linear(D, 8), nn.Tanh()), backend="aot_eager")
+    return nn.Sequential(inner, nn.Linear(8, M))
 
 
 def _loader(*tensors: torch.Tensor, **kw: Any) -> DataLoader:
@@ -350,6 +358,11 @@ CASES: dict[str, Case] = {
         lambda c: cg.jacobian_columns(lambda x: x.detach() * 2, X, [0]),
         GraphCutError,
         r"outputs carry no autograd graph",
+    ),
+    "compiled_submodule": (
+        lambda c: _fit(_problem(model=_with_compiled_layer())),
+        CompiledModelError,
+        r"torch\.compile'd code.*\(got: .*\)\. Pass the uncompiled module",
     ),
     "engine_input_gradient_of_vector_output": (
         lambda c: cg.input_gradient(_model(), X),

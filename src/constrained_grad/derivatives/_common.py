@@ -82,8 +82,27 @@ def check_batch(x: torch.Tensor, who: str) -> None:
         )
 
 
+def unwrap_compiled(f: Fn) -> Fn:
+    """The module a ``torch.compile`` wrapper compiles (``_orig_mod``), else ``f`` itself.
+
+    ``torch.compile(module)`` returns an ``OptimizedModule`` holding the original module
+    and sharing its parameters. Its backward cannot be differentiated again (aot_autograd
+    has no double backward, and inductor donates its buffers), which every derivative
+    constraint needs, so the engine runs the original module eagerly: same parameters,
+    same outputs, and the optimizer built on the compiled module's parameters still steps
+    the right tensors.
+    """
+    while isinstance(f, torch.nn.Module):
+        inner = getattr(f, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        f = inner
+    return f
+
+
 def forward(f: Fn, x: torch.Tensor, who: str) -> Forward:
     """Run ``f`` on a fresh leaf copy of ``x`` that requires grad, keeping the graph."""
+    f = unwrap_compiled(f)
     check_batch(x, who)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(), watch_coupling() as seen:
@@ -293,9 +312,16 @@ def watch_coupling(*, refuse: bool = False) -> Iterator[list[bool]]:
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
     try:
-        yield seen
+        with warnings.catch_warnings():
+            # torch warns whenever a compiled module runs while any global hook exists;
+            # this hook only looks for train-mode BatchNorm, so running twice is harmless
+            warnings.filterwarnings("ignore", message=_COMPILE_HOOK_WARNING, category=UserWarning)
+            yield seen
     finally:
         handle.remove()
+
+
+_COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
 
 
 def unit_vectors(indices: list[int], size: int, like: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ from constrained_grad.derivatives._common import (
     has_train_mode_batchnorm,
     prepare_forward_ad,
     unit_vectors,
+    unwrap_compiled,
     warn_fallback,
     watch_coupling,
 )
@@ -164,6 +165,7 @@ def columns_with_path(
 ) -> tuple[torch.Tensor, str]:
     """:func:`jacobian_columns` that also says which path ran (and may reuse ``fwd``)."""
     who = "jacobian_columns"
+    f = unwrap_compiled(f)
     if method not in COLUMN_METHODS:
         raise InputValidationError(
             f"{who}: unknown method {method!r}. Choose one of {COLUMN_METHODS}."

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from constrained_grad.errors import GraphCutError
+from constrained_grad.errors import CompiledModelError, GraphCutError
 
 UNUSED_INPUT_HINT = (
     "The outputs were not computed from these input tensors. Common causes: the inputs were "
@@ -52,6 +52,30 @@ def require_graph(outputs: torch.Tensor, who: str) -> None:
         )
 
 
+# torch's errors for a backward through torch.compile'd code that must keep its graph
+_COMPILED_BACKWARD = ("donated buffers", "does not currently support double backward")
+COMPILED_PROBLEM = (
+    "the derivative runs through torch.compile'd code, whose backward can be neither "
+    "differentiated again (every derivative constraint needs that) nor repeated"
+)
+COMPILED_FIX = (
+    "Pass the uncompiled module: a torch.compile'd model given directly is unwrapped to "
+    "compiled._orig_mod (same parameters), but a compiled submodule, a function calling a "
+    "compiled module, or outputs computed by one cannot be; compile for inference after "
+    "training."
+)
+
+
+def raise_if_compiled(err: BaseException, who: str) -> None:
+    """Raise :class:`CompiledModelError` if ``err`` is torch's refusal to differentiate (or
+    repeat) the backward of torch.compile'd code; return otherwise."""
+    if any(marker in str(err) for marker in _COMPILED_BACKWARD):
+        first = str(err).strip().splitlines()[0]
+        raise CompiledModelError(
+            f"{who}: {COMPILED_PROBLEM} (got: {first}). {COMPILED_FIX}"
+        ) from err
+
+
 def grad(
     outputs: torch.Tensor,
     inputs: torch.Tensor,
@@ -80,6 +104,7 @@ def grad(
     except RuntimeError as err:
         if "appears to not have been used in the graph" in str(err):
             raise GraphCutError(f"{who}: {UNUSED_INPUT_HINT}") from err
+        raise_if_compiled(err, who)
         raise
     return g
 

@@ -30,6 +30,7 @@ from constrained_grad.derivatives._common import (
     batched_vjp,
     forward,
     has_train_mode_batchnorm,
+    unwrap_compiled,
     wrap_forward,
 )
 from constrained_grad.derivatives.columns import columns_with_path
@@ -224,6 +225,7 @@ def evaluate(
         coupled: whether ``f`` couples the samples (train-mode BatchNorm) when ``outputs``
             are given; ``None`` scans the model (a caller that knows can skip the scan).
     """
+    f = unwrap_compiled(f)
     if outputs is None:
         fwd = forward(f, x, "evaluate")
     else:

@@ -26,6 +26,7 @@ from constrained_grad.derivatives._common import (
     forward,
     has_train_mode_batchnorm,
     prepare_forward_ad,
+    unwrap_compiled,
     warn_fallback,
     watch_coupling,
 )
@@ -118,6 +119,7 @@ def jacobian_with_path(
 ) -> tuple[torch.Tensor, str]:
     """:func:`batch_jacobian` that also reports the path that ran."""
     who = "batch_jacobian"
+    f = unwrap_compiled(f)
     if mode not in JACOBIAN_MODES:
         raise InputValidationError(f"{who}: unknown mode {mode!r}. Choose one of {JACOBIAN_MODES}.")
     if chunk_size is not None and (

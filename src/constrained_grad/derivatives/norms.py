@@ -36,6 +36,7 @@ from constrained_grad.derivatives._common import (
     forward,
     has_train_mode_batchnorm,
     prepare_forward_ad,
+    unwrap_compiled,
     warn_fallback,
     watch_coupling,
 )
@@ -88,6 +89,7 @@ def fro_sq_with_path(
 ) -> tuple[torch.Tensor, str]:
     """Per-sample ``(B,)`` estimate of :math:`\\|J_b\\|_F^2` and the path that ran."""
     who = "jacobian_fro_norm_sq"
+    f = unwrap_compiled(f)
     validate_estimator(estimator, samples, who)
     check_batch(x, who)
     if estimator == "exact":

@@ -30,6 +30,7 @@ from constrained_grad.derivatives._common import (
     has_train_mode_batchnorm,
     prepare_forward_ad,
     unit_vectors,
+    unwrap_compiled,
     warn_fallback,
     watch_coupling,
     wrap_forward,
@@ -82,6 +83,7 @@ def second_with_path(
 ) -> tuple[torch.Tensor, str]:
     """:func:`second_derivatives` that also says which path ran."""
     who = "second_derivatives"
+    f = unwrap_compiled(f)
     if method not in ("auto", "forward", "autograd"):
         raise InputValidationError(
             f"{who}: unknown method {method!r}. Choose 'auto', 'forward' or 'autograd'."

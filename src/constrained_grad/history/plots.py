@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.lines import Line2D
 
 from constrained_grad.derivatives import jacobian_columns
 from constrained_grad.errors import InputValidationError
@@ -40,6 +41,7 @@ from constrained_grad.parallel import is_main_process
 
 __all__ = [
     "PartialDependence",
+    "auto_scale",
     "partial_dependence",
     "plot_history",
     "plot_partial_dependence",
@@ -109,12 +111,58 @@ def _set_log_scale(ax: Axes, arrays: Sequence[np.ndarray]) -> None:
     ax.set_yscale("symlog", linthresh=linthresh)
 
 
+DECADES = 100.0  # "values span decades": the largest value is this many times the settled level
+
+
+def auto_scale(arrays: Sequence[np.ndarray]) -> tuple[str, float | None]:
+    """The y scale ``plot_history(log=None)`` picks for series drawn on one panel.
+
+    * ``("log", None)`` when every finite value is positive and ``max / min > DECADES``
+      (a loss or a matching error that falls by orders of magnitude);
+    * ``("symlog", linthresh)`` when the run starts large and *settles* near zero: the last
+      half of every series stays within ``max / DECADES`` of 0 without being all zero (a
+      gradient-matching error ``mse − τ`` that ends around ±τ, or a Lagrangian of such a
+      run). ``linthresh`` is the power of ten nearest the median settled magnitude, so the
+      settled values are read on the linear part around 0 and the descent above it in
+      decades;
+    * ``("linear", None)`` otherwise (e.g. a monotonicity violation settling at a slack
+      comparable to its start, or multipliers that rise and level off).
+    """
+    series = [np.asarray(a, dtype=float) for a in arrays]
+    finite = np.concatenate([a[np.isfinite(a)] for a in series]) if series else np.array([])
+    if finite.size < 2:
+        return "linear", None
+    top = float(np.max(np.abs(finite)))
+    if np.all(finite > 0):
+        return ("log", None) if top / float(finite.min()) > DECADES else ("linear", None)
+    late = np.concatenate([a[len(a) // 2 :] for a in series])
+    late = np.abs(late[np.isfinite(late)])
+    if top <= 0 or not late.size or float(late.max()) > top / DECADES:
+        return "linear", None
+    settled = late[late > 0]
+    if not settled.size:
+        return "linear", None
+    return "symlog", 10.0 ** round(math.log10(float(np.median(settled))))
+
+
+def _outside_right(ax: Axes, **kwargs: Any) -> None:
+    """The axes' legend to the right of the axes (constrained layout makes room for it)."""
+    ax.legend(
+        fontsize="small",
+        title_fontsize="small",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        **kwargs,
+    )
+
+
 # ------------------------------------------------------------------------ history plot
 def plot_history(
     history: History,
     *,
     constraints: Sequence[str] | None = None,
-    log: bool = False,
+    log: bool | None = None,
     ax: Any = None,
     axes: Any = None,
     path: str | os.PathLike[str] | None = None,
@@ -133,10 +181,17 @@ def plot_history(
     * ``"violations"``: per constraint ``"{name} max violation"`` (solid) and
       ``"{name} mean violation"`` (dashed), with the feasibility line at 0.
 
+    Each panel's legend stands to the right of its axes, so that it never hides the start
+    of a run (where violations and losses are largest).
+
     Args:
         history: the records to draw.
         constraints: subset of constraint names (default: all).
-        log: logarithmic y axes (``symlog`` where values may be zero or negative).
+        log: ``True`` for logarithmic y axes on every panel (``symlog`` where values may be
+            zero or negative), ``False`` for linear ones. ``None`` (default) decides per
+            panel from the drawn values (:func:`auto_scale`): a logarithmic axis when they
+            span decades, e.g. the error of a gradient-matching run falling from 1 to
+            1e-4, a linear one otherwise.
         ax, axes: existing Axes, one per panel (otherwise a new figure is made).
         path: also save the figure; the format comes from the suffix (``.png``, ``.svg``, ...).
             Under ``torch.distributed`` only rank 0 writes; other ranks return the figure
@@ -160,6 +215,10 @@ def plot_history(
         )
     if x not in _X_LABELS:
         raise InputValidationError(f"{who}: x must be one of {list(_X_LABELS)} (got {x!r}).")
+    if log is not None and not isinstance(log, bool):
+        raise InputValidationError(
+            f"{who}: log must be True, False or None for a per-panel choice (got {log!r})."
+        )
     panels = list(panels)
     bad = [p for p in panels if p not in PANELS]
     if bad or not panels or len(set(panels)) != len(panels):
@@ -250,9 +309,17 @@ def plot_history(
             a.set_ylabel("violation")
         if log and drawn:
             _set_log_scale(a, drawn if panel != "violations" else [*drawn, np.zeros(1)])
+        elif log is None and drawn:
+            scale, linthresh = auto_scale(drawn)
+            if scale == "log":
+                a.set_yscale("log")
+            elif scale == "symlog":
+                a.set_yscale("symlog", linthresh=linthresh)
+        if a.get_yscale() != "linear":
+            a.autoscale_view()  # the limits were set in linear units (margins, clipped tops)
         a.grid(True, alpha=0.3)
         if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize="small", loc="best", title=legend_title, title_fontsize="small")
+            _outside_right(a, title=legend_title)
     for a in axs if given is not None else axs[-1:]:
         a.set_xlabel(_X_LABELS[x])
     _save(fig, path, who, dpi)
@@ -421,6 +488,36 @@ def sign_runs(
     return runs
 
 
+def _pd_legend_entries(
+    ax_pd: Axes, ax_d: Axes, outputs: Sequence[int], colors: Sequence[str]
+) -> tuple[list[Any], list[str]]:
+    """Legend entries of both panels, once each; with several outputs one entry per output
+    (its colour is the same in both panels) and one for the forbidden slope sign."""
+    handles: list[Any] = []
+    labels: list[str] = []
+    for a in (ax_pd, ax_d):
+        for handle, label in zip(*a.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if len(outputs) == 1:
+        return handles, labels
+    per_output = [
+        (Line2D([], [], color=colors[c % len(colors)]), f"output {i}")
+        for c, i in enumerate(outputs)
+    ]
+    forbidden = sorted({lab.split(" ", 2)[2] for lab in labels if " slope " in lab})
+    sign = [
+        (Line2D([], [], color=_NEG_COLOR, linewidth=4, alpha=0.45), f"{bad} (any output)")
+        for bad in forbidden
+    ]
+    rest = [
+        (h, lab) for h, lab in zip(handles, labels, strict=True) if not lab.startswith("output ")
+    ]
+    entries = [*per_output, *sign, *rest]
+    return [h for h, _ in entries], [lab for _, lab in entries]
+
+
 def plot_partial_dependence(
     model: Callable[[torch.Tensor], torch.Tensor],
     x_reference: torch.Tensor,
@@ -446,6 +543,10 @@ def plot_partial_dependence(
     (non-negative, gid ``"slope_nonnegative"``). A rug marks the reference values of the
     feature. Bottom panel: the mean derivative ``"output {i} mean derivative"`` with the
     zero line and its negative part filled.
+
+    The legend stands below both panels (beside the top one when ``axes`` are given), so
+    that it covers neither curves nor axis labels; with several outputs it has one entry
+    per output colour, shared by both panels.
 
     Args:
         model: module or function mapping ``(B, d)`` to ``(B, ...)``.
@@ -560,7 +661,20 @@ def plot_partial_dependence(
     ax_d.set_xlabel(feature)
     for a in (ax_pd, ax_d):
         a.grid(True, alpha=0.3)
-        a.legend(fontsize="small", loc="best")
+    handles, labels = _pd_legend_entries(ax_pd, ax_d, pd.outputs, colors)
+    ncols = min(3 if single else 4, len(labels))
+    if given is None:  # our own figure: one legend for both panels, below them
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small")
+    else:  # the caller's layout: beside the top panel, never over the data or the labels
+        ax_pd.legend(
+            handles,
+            labels,
+            fontsize="small",
+            ncols=1,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+        )
     ax_pd.set_xlim(pd.grid[0], pd.grid[-1])
     _save(fig, path, who, dpi)
     return fig

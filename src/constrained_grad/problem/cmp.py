@@ -37,6 +37,7 @@ from constrained_grad.constraints import (
 from constrained_grad.constraints.cells import Cells
 from constrained_grad.constraints.points import check_batch_index
 from constrained_grad.derivatives import evaluate
+from constrained_grad.derivatives._common import unwrap_compiled
 from constrained_grad.derivatives.bounds import cell_values, network_layers
 from constrained_grad.derivatives.engine import DerivativeValues, constraint_violations
 from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
@@ -94,7 +95,10 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         model: a ``torch.nn.Module`` (or function of a batch) whose input derivatives are
             constrained. A ``DistributedDataParallel`` wrapper is unwrapped: derivative
             terms are computed locally and :func:`~constrained_grad.fit` synchronises
-            the gradients itself (see :meth:`distribute`).
+            the gradients itself (see :meth:`distribute`). A ``torch.compile``'d module is
+            unwrapped too (to ``_orig_mod``, which shares its parameters) and trained
+            eagerly: compiled code has no double backward, which every derivative
+            constraint needs. Compile the trained model for inference afterwards.
         loss: ``loss(outputs, targets) -> scalar``, e.g. ``torch.nn.functional.mse_loss``;
             ``None`` for a problem made of constraints only (e.g. gradient matching).
         constraints: declared constraints; names default to ``"<kind>_<k>"``.
@@ -154,9 +158,16 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 f"{who}: nothing to optimise (no loss, no constraints). "
                 "Give a loss, constraints, or both."
             )
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            # DDP's gradient hooks do not cover create_graph paths; fit synchronises instead
-            model = model.module
+        while True:  # DDP(compile(m)), compile(DDP(m)), ...: down to the module itself
+            if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+                # DDP's gradient hooks do not cover create_graph paths; fit synchronises
+                model = model.module
+            elif unwrap_compiled(model) is not model:
+                # compiled code has no double backward: train the module it compiles
+                # (same parameters, so the caller's optimizer and model stay in step)
+                model = unwrap_compiled(model)
+            else:
+                break
         self.model = model
         self.loss_fn = loss
         self.column_method = column_method

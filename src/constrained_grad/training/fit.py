@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from constrained_grad.derivatives.diagnostics import raise_if_compiled
 from constrained_grad.errors import CheckpointError, InputValidationError, NonFiniteError
 from constrained_grad.history import History
 from constrained_grad.parallel import distributed_ready
@@ -243,7 +244,11 @@ class Trainer:
         if dual is not None:
             total = dual if total is None else total + dual
         if total is not None and total.requires_grad:
-            self._backward(total)
+            try:
+                self._backward(total)
+            except RuntimeError as err:  # compiled code the problem could not unwrap
+                raise_if_compiled(err, "fit")
+                raise
         if sync is not None:
             pointwise_total = self._reduce_gradients(primal=True)
             local = self._lagrangian.pointwise_value
