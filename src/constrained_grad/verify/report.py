@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("certified", "violated", "no violation found", "unknown", "skipped")
+STATUSES = ("certified", "violated", "no violation found", "unknown", "skipped", "not checked")
 
 
 @dataclass
@@ -51,6 +51,8 @@ class ConstraintReport:
 
     @property
     def ok(self) -> bool:
+        """True if certified, or if sampling/search ran and found no violation (``"not
+        checked"``, ``"unknown"`` and ``"violated"`` are not ok)."""
         return self.status in ("certified", "no violation found")
 
 
@@ -66,7 +68,8 @@ class VerificationReport:
 
     @property
     def ok(self) -> bool:
-        """True if no constraint is violated or undecided (skipped ones excepted)."""
+        """True if no constraint is violated, undecided or left unchecked (skipped ones
+        excepted)."""
         return all(c.ok or c.status == "skipped" for c in self.constraints)
 
     @property
