@@ -58,6 +58,7 @@ from constrained_grad.problem import DerivativeProblem, RankSync, with_indices
 from constrained_grad.training import FitResult, StepInfo, Trainer, fit
 from constrained_grad.verify import (
     Counterexamples,
+    LocalReport,
     VerificationReport,
     adversarial_search,
     certify_derivative_sign,
@@ -65,6 +66,7 @@ from constrained_grad.verify import (
     certify_monotonic,
     sample_search,
     verify,
+    verify_local,
 )
 
 __version__ = "0.1.0"
@@ -92,6 +94,7 @@ __all__ = [
     "JacobianNormBound",
     "Lagrangian",
     "Lipschitz",
+    "LocalReport",
     "Monotonic",
     "Needs",
     "OnBatch",
@@ -121,5 +124,6 @@ __all__ = [
     "sample_search",
     "second_derivatives",
     "verify",
+    "verify_local",
     "with_indices",
 ]
