@@ -59,6 +59,7 @@ from constrained_grad.problem import DerivativeProblem, RankSync, with_indices
 from constrained_grad.training import FitResult, Prover, StepInfo, Trainer, fit
 from constrained_grad.verify import (
     Counterexamples,
+    LocalReport,
     VerificationReport,
     adversarial_search,
     certify_derivative_sign,
@@ -66,6 +67,7 @@ from constrained_grad.verify import (
     certify_monotonic,
     sample_search,
     verify,
+    verify_local,
 )
 
 __version__ = "0.1.0"
@@ -94,6 +96,7 @@ __all__ = [
     "JacobianNormBound",
     "Lagrangian",
     "Lipschitz",
+    "LocalReport",
     "Monotonic",
     "Needs",
     "OnBatch",
@@ -124,5 +127,6 @@ __all__ = [
     "sample_search",
     "second_derivatives",
     "verify",
+    "verify_local",
     "with_indices",
 ]

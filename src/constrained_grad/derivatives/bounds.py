@@ -110,7 +110,7 @@ def activation_of(m: torch.nn.Module) -> Activation | None:
     return None
 
 
-def network_layers(model: torch.nn.Module, n_inputs: int, *, who: str) -> list[Layer]:
+def network_layers(model: object, n_inputs: int, *, who: str) -> list[Layer]:
     """The layers of an MLP, holding the model's own parameters (gradients flow to them).
 
     Raises :class:`~constrained_grad.errors.CertificationError` naming the first layer
@@ -121,10 +121,10 @@ def network_layers(model: torch.nn.Module, n_inputs: int, *, who: str) -> list[L
             f"{who}: sound derivative bounds need a torch.nn.Module (got "
             f"{type(model).__name__}). Build the model from {SUPPORTED}."
         )
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    net: torch.nn.Module = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     layers: list[Layer] = []
     width = n_inputs
-    for path, m in _modules(model, ""):
+    for path, m in _modules(net, ""):
         name = f"layer {path or '0'} ({type(m).__name__})"
         if isinstance(m, torch.nn.Linear):
             if m.in_features != width:
@@ -149,7 +149,7 @@ def network_layers(model: torch.nn.Module, n_inputs: int, *, who: str) -> list[L
             )
     if not any(isinstance(layer, Affine) for layer in layers):
         raise CertificationError(
-            f"{who}: the model has no nn.Linear layer (got {type(model).__name__}); nothing "
+            f"{who}: the model has no nn.Linear layer (got {type(net).__name__}); nothing "
             "to bound."
         )
     return layers
@@ -558,7 +558,7 @@ class BoundValues:
 
 
 def cell_values(
-    model: torch.nn.Module,
+    model: object,
     lo: torch.Tensor,
     hi: torch.Tensor,
     columns: Sequence[int],

@@ -4,6 +4,7 @@ counterexample-guided constraint points."""
 
 from constrained_grad.verify.counterexamples import Counterexamples
 from constrained_grad.verify.interval import certify_interval, interval_derivative_bounds
+from constrained_grad.verify.local import verify_local
 from constrained_grad.verify.milp import (
     Certificate,
     CertificateSet,
@@ -13,7 +14,10 @@ from constrained_grad.verify.milp import (
 from constrained_grad.verify.report import (
     ConstraintReport,
     Counterexample,
+    LocalCheck,
+    LocalReport,
     MethodResult,
+    RowVerdict,
     VerificationReport,
 )
 from constrained_grad.verify.run import verify, violation_function
@@ -25,7 +29,10 @@ __all__ = [
     "ConstraintReport",
     "Counterexample",
     "Counterexamples",
+    "LocalCheck",
+    "LocalReport",
     "MethodResult",
+    "RowVerdict",
     "SearchResult",
     "VerificationReport",
     "adversarial_search",
@@ -35,5 +42,6 @@ __all__ = [
     "interval_derivative_bounds",
     "sample_search",
     "verify",
+    "verify_local",
     "violation_function",
 ]

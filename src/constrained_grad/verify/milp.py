@@ -466,6 +466,12 @@ class _Encoding:
     tighten_time: float = 0.0
 
 
+#: HiGHS options of the LP-tightening solves: many small LPs, each solved once, so presolve
+#: (which rebuilds the model for every LP) costs more than it saves (measured 14.5 s -> 5.7 s
+#: for the 256 LPs of a 64-64 net); no solver output.
+_LP_OPTIONS: dict[str, bool] = {"presolve": False, "disp": False}
+
+
 def _tighten_lp(builder: _Builder, entries: list[_Entry]) -> float:
     """Shrink the interval bounds of single-variable ``entries`` by the LP relaxation (in place).
 
@@ -483,7 +489,9 @@ def _tighten_lp(builder: _Builder, entries: list[_Entry]) -> float:
         for sign in (1.0, -1.0):
             c = np.zeros(builder.n_vars)
             c[v] = sign
-            res = milp(c, integrality=integrality, bounds=bounds, constraints=cons)
+            res = milp(
+                c, integrality=integrality, bounds=bounds, constraints=cons, options=_LP_OPTIONS
+            )
             if res.status != 0 or res.fun is None:
                 continue
             val = sign * float(res.fun)
@@ -645,7 +653,9 @@ class Certificate:
             parts.append(
                 f"d out{self.output_index}/d x{self.input_index} {rel} {c.bound:g}: {c.status} "
                 f"({found} {_fmt(c.milp_value)}, bound {_fmt(c.milp_bound)}, "
-                f"autograd {_fmt(c.autograd_value)}, {c.solve_time:.3g} s)"
+                f"autograd {_fmt(c.autograd_value)}, {c.solve_time:.3g} s"
+                + (f"; {c.note}" if c.status == "unknown" and c.note else "")
+                + ")"
             )
         if interval:
             boxes = sum(c.nodes or 0 for c in self.checks)
@@ -792,7 +802,13 @@ def _interior_point(
     lb = np.append(box.low.numpy()[free], 0.0)
     ub = np.append(box.high.numpy()[free], width)
     cons = LinearConstraint(np.array(rows), -np.inf, np.array(rhs)) if rows else None
-    res = milp(c, integrality=np.zeros(len(c)), bounds=Bounds(lb, ub), constraints=cons)
+    res = milp(
+        c,
+        integrality=np.zeros(len(c)),
+        bounds=Bounds(lb, ub),
+        constraints=cons,
+        options={"disp": False},
+    )
     if res.status != 0 or res.x is None:
         return None
     x = x_star.copy()
@@ -825,7 +841,7 @@ def _solve_side(
     if mode == "decide":  # only points with derivative < lower - tol (> upper + tol)
         extra = (target.terms, bound - tol - target.const, bound + tol - target.const, side)
     bounds, cons = b.problem(extra)
-    options: dict[str, float | bool] = {"mip_rel_gap": mip_rel_gap}
+    options: dict[str, float | bool] = {"mip_rel_gap": mip_rel_gap, "disp": False}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
     start = time.perf_counter()

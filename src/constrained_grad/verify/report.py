@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("certified", "violated", "no violation found", "unknown", "skipped")
+STATUSES = ("certified", "violated", "no violation found", "unknown", "skipped", "not checked")
 
 
 @dataclass
@@ -51,6 +51,8 @@ class ConstraintReport:
 
     @property
     def ok(self) -> bool:
+        """True if certified, or if sampling/search ran and found no violation (``"not
+        checked"``, ``"unknown"`` and ``"violated"`` are not ok)."""
         return self.status in ("certified", "no violation found")
 
 
@@ -66,7 +68,8 @@ class VerificationReport:
 
     @property
     def ok(self) -> bool:
-        """True if no constraint is violated or undecided (skipped ones excepted)."""
+        """True if no constraint is violated, undecided or left unchecked (skipped ones
+        excepted)."""
         return all(c.ok or c.status == "skipped" for c in self.constraints)
 
     @property
@@ -161,3 +164,120 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_finite(v) for v in obj]
     return obj
+
+
+@dataclass
+class LocalCheck:
+    """One line of a local certificate: ``d f[output] / d x[input]`` along feature
+    ``input`` through one row, one side (``"lower"``: ``>= bound``, ``"upper"``: ``<=``)."""
+
+    constraint: str
+    input_index: int
+    output_index: int
+    side: str
+    bound: float
+    status: str  # "certified" | "violated" | "unknown"
+    seconds: float
+    counterexample: list[float] | None = None  # a point of the line, confirmed by autograd
+    derivative: float | None = None  # float64 autograd derivative there
+    violation: float | None = None
+    note: str = ""
+
+
+@dataclass
+class RowVerdict:
+    """Every line through one row: ``"certified"`` if all are proved, ``"violated"`` if one
+    has a confirmed counterexample, else ``"unknown"``."""
+
+    row: int
+    x: list[float]
+    status: str
+    seconds: float
+    checks: list[LocalCheck] = field(default_factory=list)
+
+    @property
+    def counterexamples(self) -> list[LocalCheck]:
+        """The checks with a confirmed counterexample."""
+        return [c for c in self.checks if c.counterexample is not None]
+
+
+@dataclass
+class LocalReport:
+    """Per-row verdicts of :func:`constrained_grad.verify_local`.
+
+    Only ``"certified"`` counts as proved: ``fraction_certified`` and ``ok`` never count an
+    ``"unknown"`` row (a solve stopped by the time or box budget) as proved.
+    """
+
+    rows: list[RowVerdict]
+    constraints: list[str]
+    method: str  # "milp" or "interval"
+    domain: dict[str, Any]
+    tol: float
+    time_limit: float | None
+    seconds: float
+
+    def _count(self, status: str) -> int:
+        return sum(r.status == status for r in self.rows)
+
+    @property
+    def statuses(self) -> list[str]:
+        """The verdict of each row, in order."""
+        return [r.status for r in self.rows]
+
+    @property
+    def n_certified(self) -> int:
+        return self._count("certified")
+
+    @property
+    def n_violated(self) -> int:
+        return self._count("violated")
+
+    @property
+    def n_unknown(self) -> int:
+        return self._count("unknown")
+
+    @property
+    def fraction_certified(self) -> float:
+        """Rows proved over rows checked."""
+        return self.n_certified / len(self.rows) if self.rows else 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True if every row is certified."""
+        return bool(self.rows) and self.n_certified == len(self.rows)
+
+    @property
+    def seconds_per_row(self) -> dict[str, float]:
+        """Median and maximum seconds per row."""
+        times = sorted(r.seconds for r in self.rows)
+        n = len(times)
+        median = (times[(n - 1) // 2] + times[n // 2]) / 2 if n else math.nan
+        return {"median": median, "max": times[-1] if n else math.nan}
+
+    def summary(self) -> str:
+        t = self.seconds_per_row
+        return (
+            f"local certificates ({self.method}) of {', '.join(self.constraints)}: "
+            f"{self.n_certified}/{len(self.rows)} rows certified "
+            f"({100 * self.fraction_certified:.1f} %), {self.n_violated} violated, "
+            f"{self.n_unknown} unknown (no proof either way); {_fmt(t['median'])} s median, "
+            f"{_fmt(t['max'])} s max per row, {self.seconds:.3g} s in all"
+        )
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _finite(asdict(self))
+        out.update(
+            n_certified=self.n_certified,
+            n_violated=self.n_violated,
+            n_unknown=self.n_unknown,
+            fraction_certified=self.fraction_certified,
+            seconds_per_row=_finite(self.seconds_per_row),
+        )
+        return out
+
+    def save_json(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from constrained_grad.constraints import (
     AtPoints,
@@ -47,9 +48,15 @@ from constrained_grad.derivatives.model_info import dtype_and_device, output_sha
 from constrained_grad.errors import CertificationError, InputValidationError
 from constrained_grad.verify.interval import certify_interval, parse_smooth
 from constrained_grad.verify.milp import (
+    BoundCheck,
+    Certificate,
+    _certify_pair,
     _check_time_limit,
     _check_tol,
-    certify_derivative_sign,
+    _encode,
+    _Encoding,
+    _prepare,
+    _Prepared,
     parse_network,
 )
 from constrained_grad.verify.report import (
@@ -64,6 +71,16 @@ from constrained_grad.verify.search import (
     adversarial_search,
     sample_search,
 )
+
+
+def _check_seed(seed: object, who: str) -> int:
+    """``seed`` as an int the samplers accept: ``[0, 2**64)``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise InputValidationError(
+            f"{who}: seed must be an int in [0, 2**64) (got {seed!r}). Pass e.g. seed=0, "
+            "or reduce a large seed with seed % 2**64."
+        )
+    return seed
 
 
 def violation_function(model: Any, constraint: DerivativeConstraint, *, graph_in_x: bool) -> Any:
@@ -89,73 +106,214 @@ def _certifier(model: torch.nn.Module, dim: int) -> str:
     return "milp"
 
 
-def _certify(
-    model: Any,
-    c: DerivativeConstraint,
-    domain: Box,
-    tol: float,
-    time_limit: float | None,
-    method: str = "milp",
-    max_boxes: int = 100_000,
-) -> tuple[str, str, list[Counterexample], float, int]:
-    """MILP or interval certificates for every (input, output) pair of a sign/bound
-    constraint: status, summary lines, counterexamples, seconds and interval boxes."""
-    pairs = [(j, i) for i in c._outputs for j in c._inputs]  # type: ignore[attr-defined]
-    lines, ces, statuses, seconds, boxes = [], [], [], 0.0, 0
-    for j, i in pairs:
-        lower = upper = None
-        if isinstance(c, Monotonic):
-            if c.direction == "increasing":
-                lower = c.margin - c.tolerance - tol
-            else:
-                upper = -c.margin + c.tolerance + tol
-        else:
-            assert isinstance(c, DerivativeBound)
-            lo, hi = c.lower, c.upper
-            assert (lo is None or isinstance(lo, float)) and (hi is None or isinstance(hi, float))
-            lower = None if lo is None else lo - c.tolerance - tol
-            upper = None if hi is None else hi + c.tolerance + tol
-        args = {
-            "input_index": j,
-            "output_index": i,
-            "lower": lower,
-            "upper": upper,
-            "time_limit": time_limit,
-            "fixed": domain.fixed or None,
-            "categorical": domain.categorical or None,
-            "one_hot": domain.one_hot or None,
-        }
-        if method == "interval":
-            cells = None
-            if isinstance(c.where, Cells) and c.where.covers(domain):
-                # start from certified training's partition (it covers the domain)
-                cells = (c.where.lo[: c.where.n], c.where.hi[: c.where.n])
-            cert = certify_interval(
-                model, domain.low, domain.high, max_boxes=max_boxes, cells=cells, **args
+_MIN_SOLVE = 1e-3  # seconds: a solve offered less than this is not started ("unknown")
+
+
+class _Budget:
+    """One time budget shared by a sequence of solves.
+
+    Each solve is offered the time left before the deadline divided by the solves left
+    (itself included), so the time a solve does not use passes to the ones after it, and the
+    last solve gets whatever is left. ``total=None`` means no limit (every share is None).
+    """
+
+    def __init__(
+        self,
+        total: float | None,
+        solves: int,
+        *,
+        start: float | None = None,
+        clock: Any = time.perf_counter,
+    ) -> None:
+        self.clock = clock
+        self.left = solves
+        origin = clock() if start is None else start
+        self.deadline = None if total is None else origin + float(total)
+
+    def share(self) -> float | None:
+        """Seconds offered to the next solve (None: no limit)."""
+        if self.deadline is None:
+            return None
+        return max(self.deadline - self.clock(), 0.0) / max(self.left, 1)
+
+    def spent(self) -> None:
+        """One solve is done (whatever it used)."""
+        self.left = max(self.left - 1, 0)
+
+
+def _certifiable(c: DerivativeConstraint) -> bool:
+    """Sign/bound constraints with constant bounds: what the certificates decide."""
+    return isinstance(c, Monotonic) or (
+        isinstance(c, DerivativeBound)
+        and all(b is None or isinstance(b, float) for b in (c.lower, c.upper))
+    )
+
+
+def _sides(c: DerivativeConstraint, tol: float) -> list[tuple[str, float]]:
+    """``(side, bound)`` pairs a certificate must prove for a resolved sign/bound constraint:
+    ``derivative >= bound`` for ``"lower"``, ``<= bound`` for ``"upper"`` (the constraint's
+    margin, tolerance and ``tol`` folded in)."""
+    if isinstance(c, Monotonic):
+        if c.direction == "increasing":
+            return [("lower", c.margin - c.tolerance - tol)]
+        return [("upper", -c.margin + c.tolerance + tol)]
+    assert isinstance(c, DerivativeBound)
+    lo, hi = c.lower, c.upper
+    assert (lo is None or isinstance(lo, float)) and (hi is None or isinstance(hi, float))
+    out = []
+    if lo is not None:
+        out.append(("lower", lo - c.tolerance - tol))
+    if hi is not None:
+        out.append(("upper", hi + c.tolerance + tol))
+    return out
+
+
+def _out_of_time(j: int, i: int, side: str, bound: float, method: str) -> Certificate:
+    """An ``"unknown"`` certificate for a solve that was not started: no time was left."""
+    lower, upper = (bound, None) if side == "lower" else (None, bound)
+    check = BoundCheck(
+        side,  # type: ignore[arg-type]
+        bound,
+        "unknown",
+        None,
+        None,
+        None,
+        None,
+        solver_status="not started",
+        solve_time=0.0,
+        nodes=0,
+        note="not started: the time budget (time_limit) was spent by earlier work",
+    )
+    return Certificate(
+        status="unknown",
+        input_index=j,
+        output_index=i,
+        lower=lower,
+        upper=upper,
+        checks=[check],
+        n_binaries=0,
+        n_variables=0,
+        n_constraints=0,
+        encode_time=0.0,
+        solve_time=0.0,
+        tol=1e-6,
+        method=method,
+    )
+
+
+class _Certifier:
+    """One side of one (input, output) pair at a time, by the MILP (encoding shared by the
+    outputs and sides of an input) or by interval branch and bound."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        box: Box,
+        method: str,
+        max_boxes: int,
+        cells: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        self.model, self.box, self.method, self.max_boxes = model, box, method, max_boxes
+        self.cells = cells  # a partition of the box to start branch and bound from
+        self.prep: _Prepared | None = None
+        if method == "milp":
+            self.prep = _prepare(
+                model,
+                box.low,
+                box.high,
+                box.fixed or None,
+                box.categorical or None,
+                box.one_hot or None,
+                "verify",
             )
-            boxes += sum(check.nodes or 0 for check in cert.checks)
-        else:
-            cert = certify_derivative_sign(model, domain.low, domain.high, **args)
-        seconds += cert.solve_time + cert.encode_time
-        statuses.append(cert.status)
-        lines.append(f"∂f[{i}]/∂x[{j}]: " + cert.summary())
-        for check in cert.checks:
-            if check.counterexample is not None and check.autograd_value is not None:
-                bound = check.bound
-                viol = (
-                    bound - check.autograd_value
-                    if check.side == "lower"
-                    else check.autograd_value - bound
-                ) + tol
-                ces.append(
-                    Counterexample(
-                        x=check.counterexample.tolist(),
-                        violation=float(viol),
-                        component=f"out {i}, in {j}",
-                        derivatives={f"df[{i}]/dx[{j}]": check.autograd_value},
-                        found_by=method,
+        self.encodings: dict[int, _Encoding] = {}
+
+    def check(
+        self, j: int, i: int, side: str, bound: float, time_limit: float | None
+    ) -> Certificate:
+        if time_limit is not None and time_limit < _MIN_SOLVE:
+            return _out_of_time(j, i, side, bound, self.method)
+        lower, upper = (bound, None) if side == "lower" else (None, bound)
+        box = self.box
+        if self.prep is None:
+            return certify_interval(
+                self.model,
+                box.low,
+                box.high,
+                input_index=j,
+                output_index=i,
+                lower=lower,
+                upper=upper,
+                time_limit=time_limit,
+                max_boxes=self.max_boxes,
+                fixed=box.fixed or None,
+                categorical=box.categorical or None,
+                one_hot=box.one_hot or None,
+                cells=self.cells,
+            )
+        start = time.perf_counter()
+        enc = self.encodings.get(j)
+        if enc is None:
+            enc = self.encodings[j] = _encode(self.prep.layers, self.prep.box, j, "ibp")
+        encode_time = time.perf_counter() - start
+        if time_limit is not None:
+            time_limit -= encode_time
+            if time_limit < _MIN_SOLVE:
+                return _out_of_time(j, i, side, bound, self.method)
+        cert = _certify_pair(
+            self.prep,
+            j,
+            i,
+            lower,
+            upper,
+            tol=1e-6,
+            tighten="ibp",
+            time_limit=time_limit,
+            mip_rel_gap=1e-6,
+            mode="decide",
+            enc=enc,
+        )
+        cert.encode_time = encode_time
+        return cert
+
+
+def _certify(
+    certifier: _Certifier,
+    c: DerivativeConstraint,
+    tol: float,
+    budget: _Budget,
+    bar: Any,
+) -> tuple[str, str, list[Counterexample], float, int]:
+    """Certificates of every (input, output) pair and side of a sign/bound constraint, each
+    solve offered its share of ``budget``: status, summary lines, counterexamples, seconds
+    and interval boxes."""
+    method = certifier.method
+    lines, ces, statuses, seconds, boxes = [], [], [], 0.0, 0
+    for i in c._outputs:  # type: ignore[attr-defined]
+        for j in c._inputs:  # type: ignore[attr-defined]
+            for side, bound in _sides(c, tol):
+                cert = certifier.check(j, i, side, bound, budget.share())
+                budget.spent()
+                bar.update(1)
+                if method == "interval":
+                    boxes += sum(check.nodes or 0 for check in cert.checks)
+                seconds += cert.solve_time + cert.encode_time
+                statuses.append(cert.status)
+                lines.append(f"∂f[{i}]/∂x[{j}]: " + cert.summary())
+                for check in cert.checks:
+                    if check.counterexample is None or check.autograd_value is None:
+                        continue
+                    value = check.autograd_value
+                    viol = (bound - value if check.side == "lower" else value - bound) + tol
+                    ces.append(
+                        Counterexample(
+                            x=check.counterexample.tolist(),
+                            violation=float(viol),
+                            component=f"out {i}, in {j}",
+                            derivatives={f"df[{i}]/dx[{j}]": value},
+                            found_by=method,
+                        )
                     )
-                )
     status = (
         "violated"
         if "violated" in statuses
@@ -219,7 +377,7 @@ def verify(
     seed: int = 0,
     top_k: int = 5,
     batch_size: int = 4096,
-    progress: bool = False,
+    progress: bool = True,
 ) -> VerificationReport:
     """Check each constraint on the whole ``domain``, not only where training looked.
 
@@ -234,16 +392,24 @@ def verify(
             piecewise-linear nets, by interval branch and bound for smooth ones — tanh,
             sigmoid, softplus), ``True`` (the same, but raise when neither certificate
             applies to the model, naming the layer) or ``False``.
-        time_limit: seconds per MILP solve or interval branch and bound (one per
-            input/output pair and side).
+        time_limit: ONE budget in seconds for the whole call (None: no limit), counted
+            from its start. Sampling and search run first and are not interrupted (their
+            work is fixed by ``samples``, ``starts`` and ``steps``); the certificates then
+            share what is left: there is one solve per constraint, output, input and side,
+            each offered the time left divided by the solves left, so the time a solve does
+            not use passes to the next. A solve stopped by its share (or not started because
+            nothing was left) gives ``"unknown"``, never ``"certified"``.
         max_boxes: sub-boxes per interval branch and bound (one per input/output pair and
             side) before it stops with ``"unknown"``.
         tol: a violation counts when it exceeds ``tol``.
-        seed: seeds the samplers and the search.
+        seed: seeds the samplers and the search (an int in ``[0, 2**64)``).
         top_k: counterexamples kept per constraint.
+        progress: progress bars for sampling, search and the certificates (on stderr).
 
     Returns:
-        A :class:`~constrained_grad.verify.VerificationReport`.
+        A :class:`~constrained_grad.verify.VerificationReport`. A constraint on which
+        nothing ran (``samples=0``, ``adversarial=False`` and no certificate) has status
+        ``"not checked"`` and makes ``report.ok`` False: nothing checked is not a pass.
 
     Example:
         >>> import torch, constrained_grad as cg
@@ -252,7 +418,7 @@ def verify(
         >>> with torch.no_grad():
         ...     _ = net[0].weight.abs_(), net[2].weight.abs_()
         >>> report = cg.verify(net, [cg.Monotonic(inputs=[0])], cg.Box([0, 0], [1, 1]),
-        ...                    samples=256, starts=4, steps=5)
+        ...                    samples=256, starts=4, steps=5, progress=False)
         >>> report["monotonic_0"].status
         'certified'
     """
@@ -269,8 +435,7 @@ def verify(
     _check_tol(tol, who)
     _check_time_limit(time_limit, who)
     _check_positive_int(max_boxes, "max_boxes", who)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputValidationError(f"{who}: seed must be an int (got {seed!r}).")
+    _check_seed(seed, who)
     constraints = list(constraints)
     for c in constraints:
         if not isinstance(c, DerivativeConstraint):
@@ -281,13 +446,65 @@ def verify(
     n_in, n_out, dtype, device = _model_dims(model, domain.dim)
     reports = []
     counts: dict[str, int] = {}
-    with frozen_eval(model):
-        for c in constraints:
-            base = type(c).__name__.lower()
-            name = c.name or f"{base}_{counts.get(base, 0)}"
-            if c.name is None:
-                counts[base] = counts.get(base, 0) + 1
-            c.resolve(n_in, n_out)
+    names = []
+    for c in constraints:
+        base = type(c).__name__.lower()
+        names.append(c.name or f"{base}_{counts.get(base, 0)}")
+        if c.name is None:
+            counts[base] = counts.get(base, 0) + 1
+        c.resolve(n_in, n_out)
+    # what the certificates will decide, settled before any work
+    todo = [
+        c
+        for c in constraints
+        if not isinstance(c.where, AtPoints)
+        and not (isinstance(c, GradientMatch) and not isinstance(c.targets, torch.Tensor))
+    ]
+    if certify is True:
+        for c, name in zip(constraints, names, strict=True):
+            exact = _certifiable(c) and isinstance(model, torch.nn.Module)
+            if id(c) in {id(t) for t in todo} and not exact:
+                raise CertificationError(
+                    f"{who}: {name} ({type(c).__name__}) cannot be certified exactly: only "
+                    "Monotonic and constant-bound DerivativeBound constraints of "
+                    "Linear/ReLU (exact) or smooth (interval) networks can. Use "
+                    "certify='auto'."
+                )
+    todo = [c for c in todo if _certifiable(c)]
+    certifier, no_certificate = None, ""
+    if certify and todo and isinstance(model, torch.nn.Module):
+        try:
+            with frozen_eval(model):
+                certifier = _Certifier(model, domain, _certifier(model, domain.dim), max_boxes)
+        except CertificationError as err:
+            if certify is True:
+                raise
+            no_certificate = f"No exact certificate: {err}"
+    certifiers: dict[int, _Certifier] = {}
+    for c in todo:
+        if certifier is not None:
+            certifiers[id(c)] = certifier
+        if certify and isinstance(c.where, Cells) and c.where.covers(domain):
+            # certified training: its cells' bounds, recomputed in float64, are the proof
+            cells = (c.where.lo[: c.where.n], c.where.hi[: c.where.n])
+            certifiers[id(c)] = _Certifier(model, domain, "interval", max_boxes, cells)
+    solves = 0
+    for c in todo:
+        if id(c) in certifiers:
+            pairs = len(c._outputs) * len(c._inputs)  # type: ignore[attr-defined]
+            solves += pairs * len(_sides(c, tol))
+    budget = _Budget(time_limit, solves, start=t0)
+    with (
+        frozen_eval(model),
+        tqdm(
+            total=solves,
+            disable=not progress or solves == 0,
+            desc=f"{who}: certificates ({certifier.method if certifier else '-'})",
+            unit="solve",
+            leave=False,
+        ) as bar,
+    ):
+        for c, name in zip(constraints, names, strict=True):
             reports.append(
                 _verify_one(
                     model,
@@ -296,15 +513,16 @@ def verify(
                     domain,
                     dtype,
                     device,
+                    certifier=certifiers.get(id(c)),
+                    no_certificate=no_certificate,
+                    budget=budget,
+                    bar=bar,
                     samples=samples,
                     sampler=sampler,
                     adversarial=adversarial,
                     starts=starts,
                     steps=steps,
                     step_size=step_size,
-                    certify=certify,
-                    time_limit=time_limit,
-                    max_boxes=max_boxes,
                     tol=tol,
                     seed=seed,
                     top_k=top_k,
@@ -413,53 +631,48 @@ def _verify_one(
         ces += _counterexamples(res, c, model, kw["top_k"], tol)
     status = "violated" if worst > tol else "no violation found"
     certificate, note = "", ""
-    certifiable = isinstance(c, Monotonic) or (
-        isinstance(c, DerivativeBound)
-        and all(b is None or isinstance(b, float) for b in (c.lower, c.upper))
-    )
-    if kw["certify"] and certifiable and isinstance(model, torch.nn.Module):
-        try:
-            method = _certifier(model, domain.dim)
-            if isinstance(c.where, Cells):  # its cells' bounds are the certificate
-                method = "interval"
-            cstatus, certificate, mces, secs, boxes = _certify(
-                model, c, domain, tol, kw["time_limit"], method, kw["max_boxes"]
+    certifier = kw["certifier"]
+    if certifier is None and _certifiable(c):
+        note = kw["no_certificate"]
+    if certifier is not None:
+        method = certifier.method
+        cstatus, certificate, mces, secs, boxes = _certify(
+            certifier, c, tol, kw["budget"], kw["bar"]
+        )
+        methods.append(
+            MethodResult(
+                method,
+                max((x.violation for x in mces), default=None),
+                None,
+                boxes,
+                secs,
+                cstatus if method == "milp" else f"{cstatus}, {boxes} boxes",
             )
-        except CertificationError as err:
-            if kw["certify"] is True:
-                raise
-            note = f"No exact certificate: {err}"
-        else:
-            methods.append(
-                MethodResult(
-                    method,
-                    max((x.violation for x in mces), default=None),
-                    None,
-                    boxes,
-                    secs,
-                    cstatus if method == "milp" else f"{cstatus}, {boxes} boxes",
-                )
+        )
+        ces += mces
+        if cstatus == "violated":
+            status = "violated"
+            worst = max(worst, max(x.violation for x in mces))
+        elif cstatus == "certified" and status != "violated":
+            status = "certified"
+        elif cstatus == "unknown" and status != "violated":
+            status = "unknown"
+            note = (
+                "The exact solver hit its share of the time budget (time_limit): no proof "
+                "either way. Raise time_limit."
+                if method == "milp"
+                else "The interval branch and bound hit its box budget or its share of the "
+                "time budget (worst open bound in the certificate): no proof either way. "
+                "Raise max_boxes or time_limit, or narrow the box."
             )
-            ces += mces
-            if cstatus == "violated":
-                status = "violated"
-                worst = max(worst, max(x.violation for x in mces))
-            elif cstatus == "certified" and status != "violated":
-                status = "certified"
-            elif cstatus == "unknown" and status != "violated":
-                status = "unknown"
-                note = (
-                    "The exact solver hit its time limit: no proof either way."
-                    if method == "milp"
-                    else "The interval branch and bound hit its box or time budget (worst "
-                    "open bound in the certificate): no proof either way. Raise max_boxes "
-                    "or time_limit, or narrow the box."
-                )
-    elif kw["certify"] is True:
-        raise CertificationError(
-            f"verify: {name} ({kind}) cannot be certified exactly: only "
-            "Monotonic and constant-bound DerivativeBound constraints of "
-            "Linear/ReLU (exact) or smooth (interval) networks can. Use certify='auto'."
+    if not methods:
+        status = "not checked"
+        why = note or (
+            "certify=False" if _certifiable(c) else f"no certificate applies to {kind} constraints"
+        )
+        note = (
+            f"Nothing was checked (samples=0, adversarial=False; {why}), so this is not a "
+            "pass. Pass samples > 0, adversarial=True or certify='auto'."
         )
     ces.sort(key=lambda ce: -ce.violation)
     return ConstraintReport(
