@@ -149,8 +149,7 @@ def network_layers(model: object, n_inputs: int, *, who: str) -> list[Layer]:
             )
     if not any(isinstance(layer, Affine) for layer in layers):
         raise CertificationError(
-            f"{who}: the model has no nn.Linear layer (got {type(net).__name__}); nothing "
-            "to bound."
+            f"{who}: the model has no nn.Linear layer (got {type(net).__name__}); nothing to bound."
         )
     return layers
 
