@@ -678,3 +678,57 @@ def plot_partial_dependence(
     ax_pd.set_xlim(pd.grid[0], pd.grid[-1])
     _save(fig, path, who, dpi)
     return fig
+
+
+# --------------------------------------------------------------------- certified training
+def plot_proof(
+    history: History,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    dpi: float = 120,
+) -> Figure:
+    """Certified training over time: per constraint over :class:`~constrained_grad.Cells`,
+    the number of cells and of cells whose training bound holds (top), and the worst bound
+    violation over the cells (bottom, ``<= 0``: every cell holds), with the steps at which
+    :class:`~constrained_grad.Prover` checks proved the constraints marked.
+
+    Reads the ``cells/<name>/...`` and ``proof/certified`` evaluations the prover logs.
+
+    Raises:
+        InputValidationError: the history has no such evaluations (train with a
+            ``cg.Prover`` callback and a constraint ``where=cg.Cells(...)``).
+    """
+    who = "plot_proof"
+    if not isinstance(history, History):
+        raise InputValidationError(f"{who}: expects a cg.History (got {type(history).__name__}).")
+    keys = sorted({k for e in history.evals for k in e.metrics if k.startswith("cells/")})
+    names = sorted({k.split("/")[1] for k in keys})
+    if not names:
+        raise InputValidationError(
+            f"{who}: the history has no cell statistics. Train with a constraint "
+            "where=cg.Cells(box) and a cg.Prover(...) callback, which logs them."
+        )
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    colors = _colors()
+    for k, name in enumerate(names):
+        c = colors[k % len(colors)]
+        s, n = history.eval_series(f"cells/{name}/cells")
+        top.plot(s, n, color=c, label=f"{name}: cells")
+        s, p = history.eval_series(f"cells/{name}/proved")
+        top.plot(s, p, color=c, linestyle="--", label=f"{name}: bound holds")
+        s, w = history.eval_series(f"cells/{name}/worst_bound")
+        bottom.plot(s, w, color=c, label=name)
+    steps, proved = history.eval_series("proof/certified")
+    for step, ok in zip(steps, proved, strict=True):
+        for ax in (top, bottom):
+            ax.axvline(step, color="tab:green" if ok else "tab:red", alpha=0.25, linewidth=1)
+    bottom.axhline(0.0, color="black", linewidth=0.8)
+    top.set_ylabel("cells")
+    bottom.set_ylabel("worst bound violation")
+    bottom.set_xlabel("step")
+    top.set_title("Certified training (green: proved at a check, red: not proved)")
+    _outside_right(top)
+    _outside_right(bottom)
+    _save(fig, path, who, dpi)
+    return fig
