@@ -73,6 +73,7 @@ def _number(
 
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_seed = _number(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
 _seconds = _number(float, lambda v: 0 <= v < math.inf, "a finite number of seconds >= 0")
 _fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 _non_negative = _number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=_seed,
         default=0,
         metavar="S",
         help="seeds the data split, initialisation, data order and constraint points (default: 0)",
@@ -207,7 +208,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     if path.suffix not in (".json", ".csv"):
         print(f"{who}: HISTORY must be a .json or .csv file (got {path}).", file=sys.stderr)
         return 2
-    if not path.is_file():
+    if not path.exists():  # a directory or FIFO is named by the loader (never opened)
         print(f"{who}: no such file {path}. Pass the history.json a run saved.", file=sys.stderr)
         return 2
     try:
