@@ -60,12 +60,15 @@ def _number(
     """An argparse ``type=``: ``convert`` the text, then require ``ok``; else "expected ..."."""
 
     def parse(text: str) -> Any:
+        def shown() -> str:  # a 5000-digit argument is cut short
+            return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted} (got {text!r})") from None
+            raise argparse.ArgumentTypeError(f"expected {wanted} (got {shown()})") from None
         if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted} (got {text!r})")
+            raise argparse.ArgumentTypeError(f"expected {wanted} (got {shown()})")
         return value
 
     return parse

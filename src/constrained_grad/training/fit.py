@@ -468,7 +468,8 @@ def fit(
 
     Args:
         problem: the :class:`~constrained_grad.DerivativeProblem`.
-        loader: any iterable of batches (a ``DataLoader``), re-iterated each epoch.
+        loader: any iterable of batches (a ``DataLoader``), re-iterated each epoch (a
+            one-shot iterator such as a generator only with ``epochs=1``).
         primal_optimizer: the user's optimizer over the model parameters.
         dual_lr: dual ascent step size (per-constraint ``dual_lr`` overrides it; an
             augmented Lagrangian steps by its penalty coefficient).
@@ -504,6 +505,15 @@ def fit(
             non-finite value. With ``resume=True`` an existing checkpoint there is loaded
             first and training continues exactly where it stopped (the history's rows are
             the checkpoint's; its ``meta`` keys that ``history`` does not set come back too).
+            The folder is checked writable before the first step and locked
+            (``checkpoint.lock``) against a second run; a resume is refused with a
+            :class:`~constrained_grad.errors.CheckpointError` naming what differs if the
+            constraint declarations or the loader changed, or the file is damaged (it
+            carries a SHA-256). Ctrl-C and SIGTERM take effect at the end of the current
+            step, after saving it (``KeyboardInterrupt``, or ``SystemExit(143)``); a second
+            Ctrl-C stops at once. A failed write (e.g. a full disk) raises a
+            ``CheckpointError`` whose ``.result`` is the :class:`FitResult` so far. See the
+            "Checkpoints, interruptions and resuming" guide.
         distributed / process_group: data-parallel training over the ranks of
             ``process_group`` (default group). ``None`` (default) turns it on when
             ``torch.distributed`` is initialised with more than one process. Each rank
