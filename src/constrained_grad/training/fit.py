@@ -172,6 +172,7 @@ class Trainer:
         self._primal_params = [p for g in primal_optimizer.param_groups for p in g["params"]]
         self._pointwise: list[tuple[str, torch.Tensor]] = []
         self.sync = self._distribute(distributed, process_group)
+        self._declared: dict[str, dict[str, Any]] | None = None
         self._t0 = time.perf_counter()
 
     @property
@@ -337,7 +338,7 @@ class Trainer:
         return {
             "format": checkpoint.FORMAT,
             "constraints": checkpoint.constraint_signature(self.problem),
-            "declarations": {n: checkpoint.declaration(c) for n, c in self.problem.specs.items()},
+            "declarations": self._declarations(),
             "point_sources": checkpoint.point_source_states(self.problem),
             "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
             "primal_optimizer": self.primal_optimizer.state_dict(),
@@ -351,6 +352,12 @@ class Trainer:
             "step": self.step_count,
             "skipped": self.skipped,
         }
+
+    def _declarations(self) -> dict[str, dict[str, Any]]:
+        """Each constraint's declaration as plain data (once: tensors in it are hashed)."""
+        if self._declared is None:
+            self._declared = {n: checkpoint.declaration(c) for n, c in self.problem.specs.items()}
+        return self._declared
 
     def load_state_dict(self, state: dict[str, Any], source: Any = "state") -> None:
         """Restore a :meth:`state_dict`; raises ``CheckpointError`` if it does not fit."""
@@ -509,11 +516,12 @@ def fit(
             (``checkpoint.lock``) against a second run; a resume is refused with a
             :class:`~constrained_grad.errors.CheckpointError` naming what differs if the
             constraint declarations or the loader changed, or the file is damaged (it
-            carries a SHA-256). Ctrl-C and SIGTERM take effect at the end of the current
-            step, after saving it (``KeyboardInterrupt``, or ``SystemExit(143)``); a second
-            Ctrl-C stops at once. A failed write (e.g. a full disk) raises a
-            ``CheckpointError`` whose ``.result`` is the :class:`FitResult` so far. See the
-            "Checkpoints, interruptions and resuming" guide.
+            carries a SHA-256). In one process, Ctrl-C and SIGTERM take effect at the end
+            of the current step, after saving it (``KeyboardInterrupt``, or
+            ``SystemExit(143)``); a second Ctrl-C stops at once. A failed write (e.g. a
+            full disk) raises a ``CheckpointError`` whose ``.result`` is the
+            :class:`FitResult` so far. See the "Checkpoints, interruptions and resuming"
+            guide.
         distributed / process_group: data-parallel training over the ranks of
             ``process_group`` (default group). ``None`` (default) turns it on when
             ``torch.distributed`` is initialised with more than one process. Each rank
@@ -694,7 +702,8 @@ def fit(
         return steps is None or trainer.step_count < steps
 
     between_steps = True  # False while a step runs: no consistent state to save
-    held.enter_context(signals)
+    if sync is None:  # ranks would see a signal at different steps: not deferred there
+        held.enter_context(signals)
     try:
         for epoch in range(start_epoch, first_epoch + epochs):
             if not budget_left():

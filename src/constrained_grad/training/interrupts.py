@@ -1,13 +1,13 @@
 """Ctrl-C and SIGTERM deferred to a step boundary, so a checkpoint never holds half a step.
 
-While :func:`~constrained_grad.fit` runs in the main thread, SIGINT and SIGTERM only set a
-flag; the loop reads it between steps (one attribute test per step), saves the last
-consistent state and then raises ``KeyboardInterrupt`` (SIGINT) or ``SystemExit`` with
-code ``128 + signum`` (SIGTERM). A second signal before that boundary is an emergency
-exit: it raises at once (outside a checkpoint write, which always completes: a write is a
-temporary file renamed at the end, so the previous checkpoint stays intact either way) and
-nothing more is saved. The handlers that were installed before are restored when ``fit``
-returns or raises.
+While :func:`~constrained_grad.fit` runs in the main thread of a single process, SIGINT
+and SIGTERM only set a flag; the loop reads it between steps (one attribute test per
+step), saves the last consistent state and then raises ``KeyboardInterrupt`` (SIGINT) or
+``SystemExit`` with code ``128 + signum`` (SIGTERM). A second signal before that boundary
+is an emergency exit: it raises at once (outside a checkpoint write, which always
+completes: a write is a temporary file renamed at the end, so the previous checkpoint
+stays intact either way) and nothing more is saved. The handlers that were installed
+before are restored when ``fit`` returns or raises.
 """
 
 from __future__ import annotations
