@@ -61,12 +61,15 @@ def _number(
     """An argparse ``type=``: ``convert`` the text, then require ``ok``; else "expected ..."."""
 
     def parse(text: str) -> Any:
+        def shown() -> str:  # a 5000-digit argument is cut short
+            return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+
         try:
             value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {wanted} (got {text!r})") from None
+            raise argparse.ArgumentTypeError(f"expected {wanted} (got {shown()})") from None
         if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {wanted} (got {text!r})")
+            raise argparse.ArgumentTypeError(f"expected {wanted} (got {shown()})")
         return value
 
     return parse
@@ -74,6 +77,7 @@ def _number(
 
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_seed = _number(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
 _seconds = _number(float, lambda v: 0 <= v < math.inf, "a finite number of seconds >= 0")
 _fraction = _number(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
 _non_negative = _number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
@@ -130,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=_seed,
         default=0,
         metavar="S",
         help="seeds the data split, initialisation, data order and constraint points (default: 0)",
@@ -209,7 +213,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     if path.suffix not in (".json", ".csv"):
         print(f"{who}: HISTORY must be a .json or .csv file (got {path}).", file=sys.stderr)
         return 2
-    if not path.is_file():
+    if not path.exists():  # a directory or FIFO is named by the loader (never opened)
         print(f"{who}: no such file {path}. Pass the history.json a run saved.", file=sys.stderr)
         return 2
     try:

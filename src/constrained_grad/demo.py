@@ -134,6 +134,11 @@ def check_device(device: str | torch.device) -> torch.device:
         raise InputValidationError(
             f"demo: invalid device {str(device)!r} ({err}). Use e.g. 'cpu', 'cuda' or 'cuda:0'."
         ) from None
+    if dev.type == "meta":
+        raise InputValidationError(
+            "demo: device 'meta' holds shapes but no values, so nothing can be trained there "
+            "(got 'meta'). Use 'cpu' or an accelerator such as 'cuda'."
+        )
     try:
         torch.empty(1, device=dev)
     except Exception as err:  # any backend failure means the device is unusable here
@@ -145,6 +150,17 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+#: the files every scenario writes into ``--out`` (plus ``partial_dependence_*.png``)
+OUTPUT_NAMES = (
+    "history.json",
+    "history.csv",
+    "history.png",
+    "model.pt",
+    "report.md",
+    "report.json",
+)
+
+
 def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     """Create ``out_dir`` if needed and check that files can be written there."""
     path = Path(out_dir).expanduser()
@@ -153,6 +169,16 @@ def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
             f"demo: output path {os.fspath(path)!r} exists and is not a folder. Pass --out with "
             "a folder name."
         )
+    if path.is_dir():  # a folder where the demo writes a file fails after training
+        names = [*OUTPUT_NAMES, *(p.name for p in path.glob("partial_dependence_*.png"))]
+        for name in names:
+            target = path / name
+            if (target.exists() or target.is_symlink()) and not target.is_file():
+                what = "a folder" if target.is_dir() else "not a regular file"
+                raise InputValidationError(
+                    f"demo: {os.fspath(target)!r} is {what}, where the demo writes its {name}. "
+                    "Remove it or pass another --out folder."
+                )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".constrained_grad_write_test"
@@ -1027,7 +1053,7 @@ def _run(spec: Scenario, ctx: _Context) -> DemoResult:
     history = outcome.fit.history
     history.meta.update(scenario=scenario, seed=seed, steps=steps, device=str(dev))
     files: dict[str, Path] = {}
-    for name in ("history.json", "history.csv", "history.png", "model.pt"):
+    for name in OUTPUT_NAMES[:4]:
         files[name] = out / name
     history.save_json(files["history.json"])
     history.save_csv(files["history.csv"])

@@ -46,5 +46,13 @@ class CheckpointError(ConstrainedGradError, RuntimeError):
     """A checkpoint cannot be written, read, or does not fit the current problem."""
 
 
+class HistoryError(CheckpointError):
+    """A history file (JSON or CSV) cannot be read: not a file, damaged, or not a history.
+
+    A kind of :class:`CheckpointError` (a history is part of a run's saved state), so code
+    catching that keeps working.
+    """
+
+
 class CertificationError(ConstrainedGradError, ValueError):
     """The exact certifier cannot encode the model (unsupported layer or shape)."""

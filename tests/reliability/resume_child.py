@@ -13,7 +13,8 @@ Hooks for the tests:
 * ``--forward-sleep S``: every forward pass of the model pauses ``S`` seconds;
 * ``--hang-at-save K``: the ``K``-th checkpoint save of this process writes and fsyncs its
   temporary file completely, then writes ``FILE.hang`` (the signal) and sleeps instead of
-  renaming it over ``checkpoint.pt`` — the parent kills the process at that moment;
+  renaming it over ``checkpoint.pt`` (``os.replace`` is patched) — the parent kills the
+  process at that moment;
 * ``--buffer-mb M``: a persistent ``M`` MB buffer in the model makes every checkpoint
   write slow, so a kill at a random moment can land inside one;
 * ``--wait-for FILE``: import everything, then wait until ``FILE`` exists before training
@@ -141,22 +142,20 @@ def run(
 
 
 def _hang_in_save(k: int, signal: Path) -> None:
-    """Make the ``k``-th ``torch.save`` to a file object finish, fsync, signal, then sleep."""
-    real_save = torch.save
+    """Make the ``k``-th checkpoint write finish and fsync its temporary file, signal, then
+    sleep instead of renaming it over ``checkpoint.pt``."""
+    real_replace = os.replace
     count = [0]
 
-    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        real_save(obj, f, *args, **kwargs)
-        if not hasattr(f, "fileno"):
-            return
-        count[0] += 1
-        if count[0] == k:
-            f.flush()
-            os.fsync(f.fileno())
-            signal.write_text(str(k))
-            time.sleep(600)  # the parent kills us here: temp file written, not yet renamed
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst).name == "checkpoint.pt":
+            count[0] += 1
+            if count[0] == k:
+                signal.write_text(str(k))
+                time.sleep(600)  # the parent kills us here: temp file written, not renamed
+        real_replace(src, dst, *args, **kwargs)
 
-    torch.save = save
+    os.replace = replace  # type: ignore[assignment]
 
 
 def main(argv: list[str]) -> None:

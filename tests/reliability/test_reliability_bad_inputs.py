@@ -424,7 +424,7 @@ CASES: dict[str, Case] = {
     "checkpoint_empty_file": (
         lambda c: c.resume(c.tampered(b"")),
         CheckpointError,
-        r"is not a readable checkpoint \(EOFError",
+        r"is not a readable checkpoint \(an empty file\)",
     ),
     "checkpoint_of_something_else": (
         lambda c: (

@@ -25,6 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 import constrained_grad as cg
 from constrained_grad.errors import InputValidationError
+from constrained_grad.training import checkpoint
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parents[1] / "examples" / "distributed_training.py"
@@ -204,7 +205,7 @@ def test_only_rank_0_writes_files(ranks) -> None:
     full = outputs / "rank0" / "full"
     assert (full / "checkpoint" / "checkpoint.pt").is_file()
     assert (full / "history.json").is_file() and (full / "history.png").is_file()
-    saved = torch.load(full / "checkpoint" / "checkpoint.pt", weights_only=False)
+    saved = checkpoint.load(full / "checkpoint" / "checkpoint.pt")
     assert saved["world_size"] == 2 and len(saved["ranks"]) == 2
 
 

@@ -278,6 +278,7 @@ class Cells(PointSource):
     def state_dict(self) -> dict[str, Any]:
         n = self.n
         return {
+            "n": n,
             "lo": self.lo[:n].clone(),
             "hi": self.hi[:n].clone(),
             "last": self.last[:n].clone(),

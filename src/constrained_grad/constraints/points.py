@@ -14,6 +14,7 @@ or ``None`` where points have no identity (fresh random samples).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -69,6 +70,20 @@ class PointSource:
         """Called by the problem for each constraint using this source with a function
         ``violations(x, graph_in_x) -> (B, C)`` of the current model. Sources that search
         for points (counterexample-guided training) keep it; others ignore it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this source changes while training (plain data and tensors), for checkpoints.
+
+        Empty for sources whose points depend only on the batch and the problem's random
+        generator (which the checkpoint saves anyway). Sources that keep points between
+        steps (:class:`~constrained_grad.Counterexamples`) return them here, so a resumed
+        run continues from the same points.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (raise ``ValueError``/``TypeError`` if
+        it does not fit this source); a no-op for stateless sources."""
 
 
 class OnBatch(PointSource):

@@ -32,12 +32,13 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from constrained_grad.errors import CheckpointError, InputValidationError
+from constrained_grad.errors import HistoryError, InputValidationError
 from constrained_grad.parallel import is_main_process
 
 __all__ = [
@@ -126,6 +127,16 @@ def _encode_list(values: list[float]) -> Sequence[float | str]:
     return [_encode_float(v) for v in values]
 
 
+def _short(v: Any) -> str:
+    """``repr`` of a stored value, cut short (a damaged file can hold megabyte fields)."""
+    text = (
+        repr(v)
+        if not isinstance(v, int) or abs(v) < 10**40
+        else f"<int of ~{v.bit_length() * 0.30103:.0f} digits>"
+    )
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+
+
 def _as_floats(values: Sequence[Any], where: str, source: str) -> list[float]:
     """Decode a stored float series; fast path, precise error on the first bad entry."""
     try:
@@ -137,22 +148,24 @@ def _as_floats(values: Sequence[Any], where: str, source: str) -> list[float]:
 def _as_float(v: Any, where: str, source: str) -> float:
     """Decode a stored float (number or one of the non-finite strings)."""
     if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise CheckpointError(
-            f"History.load: {where} must be a number (got {v!r}) in {source}. "
+        raise HistoryError(
+            f"History.load: {where} must be a number (got {_short(v)}) in {source}. "
             "The file is damaged or was not written by History.save_json/save_csv."
         )
     try:
         return float(v)
     except ValueError:
-        raise CheckpointError(
-            f"History.load: {where} is not a float (got {v!r}) in {source}. "
+        raise HistoryError(
+            f"History.load: {where} is not a float (got {_short(v)}) in {source}. "
             "The file is damaged or was not written by History.save_json/save_csv."
         ) from None
 
 
 def _as_int(v: Any, where: str, source: str) -> int:
     if isinstance(v, bool):
-        raise CheckpointError(f"History.load: {where} must be an integer (got {v!r}) in {source}.")
+        raise HistoryError(
+            f"History.load: {where} must be an integer (got {_short(v)}) in {source}."
+        )
     if isinstance(v, int):
         return v
     if isinstance(v, str):
@@ -160,8 +173,8 @@ def _as_int(v: Any, where: str, source: str) -> int:
             return int(v)
         except ValueError:
             pass
-    raise CheckpointError(
-        f"History.load: {where} must be an integer (got {v!r}) in {source}. "
+    raise HistoryError(
+        f"History.load: {where} must be an integer (got {_short(v)}) in {source}. "
         "The file is damaged or was not written by History.save_json/save_csv."
     )
 
@@ -200,8 +213,8 @@ def _split_csv_meta(text: str, who: str, source: str) -> tuple[str | None, dict[
     line = line.removesuffix("\r")
     try:
         data = json.loads(line[1:])
-    except json.JSONDecodeError as err:
-        data, detail = None, f" ({err})"
+    except (ValueError, RecursionError) as err:  # bad JSON, >4300-digit ints, deep nesting
+        data, detail = None, f" ({'nested too deeply' if isinstance(err, RecursionError) else err})"
     else:
         detail = ""
     _check_format(
@@ -213,16 +226,52 @@ def _split_csv_meta(text: str, who: str, source: str) -> tuple[str | None, dict[
     )
     meta = data.get("meta")
     if not isinstance(meta, dict):
-        raise CheckpointError(f"{who}: 'meta' on line 1 of {source} must be an object.")
+        raise HistoryError(f"{who}: 'meta' on line 1 of {source} must be an object.")
     return line, meta, rest
 
 
+def _read_text(path: str | os.PathLike[str], who: str) -> str:
+    """The UTF-8 text of a history file; :class:`HistoryError` for anything else.
+
+    Only regular files are opened (a directory or FIFO is refused after ``stat``, never
+    opened, so it cannot hang); undecodable bytes name their position.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputValidationError(f"{who}: path must be a str or os.PathLike (got {path!r}).")
+    shown = repr(os.fspath(path))
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise HistoryError(f"{who}: no such file {shown}. Check the path.") from None
+    except OSError as err:
+        raise HistoryError(f"{who}: cannot read {shown} ({err.strerror}).") from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a FIFO or device)"
+        raise HistoryError(
+            f"{who}: {shown} is {what}. Name a file written by History.save_json/save_csv."
+        )
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        raise HistoryError(f"{who}: cannot read {shown} ({err.strerror}).") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HistoryError(
+            f"{who}: {shown} is not UTF-8 text (byte {err.start} is "
+            f"{data[err.start : err.start + 1]!r}). Load a file written by History.save_json/"
+            "save_csv."
+        ) from None
+    return text
+
+
 def _check_format(data: Any, who: str, source: str, not_a_history: str) -> None:
-    """Raise ``CheckpointError`` unless ``data`` is a mapping of this format and version."""
+    """Raise ``HistoryError`` unless ``data`` is a mapping of this format and version."""
     if not isinstance(data, Mapping) or data.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{who}: {not_a_history}")
+        raise HistoryError(f"{who}: {not_a_history}")
     if data.get("version") != FORMAT_VERSION:
-        raise CheckpointError(
+        raise HistoryError(
             f"{who}: {source} has format version {data.get('version')!r}; this version of "
             f"constrained_grad reads version {FORMAT_VERSION}."
         )
@@ -655,7 +704,7 @@ class History:
         """Rebuild a history from :meth:`to_dict` output (or parsed JSON).
 
         With ``constraint_names`` the stored layout must match it exactly.
-        Raises :class:`~constrained_grad.errors.CheckpointError` on any layout mismatch.
+        Raises :class:`~constrained_grad.errors.HistoryError` on any layout mismatch.
         """
         _check_format(
             data,
@@ -666,29 +715,27 @@ class History:
         )
         names = data.get("constraint_names")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise CheckpointError(
+            raise HistoryError(
                 f"History.load: {source} has no valid 'constraint_names' list (got {names!r})."
             )
         _expect_layout(names, constraint_names, source)
         expected_cols = history_columns(names)
         if data.get("columns") != expected_cols:
-            raise CheckpointError(
+            raise HistoryError(
                 f"History.load: {source} has columns {data.get('columns')!r} but constraints "
                 f"{names} need {expected_cols}. The file was written with a different layout."
             )
         meta = data.get("meta") or {}
         if not isinstance(meta, Mapping):
-            raise CheckpointError(f"History.load: 'meta' in {source} must be an object.")
+            raise HistoryError(f"History.load: 'meta' in {source} must be an object.")
         h = cls(names, meta)
         steps, epochs, walls = data.get("step"), data.get("epoch"), data.get("wall_time")
         values = data.get("values")
         if not (isinstance(steps, list) and isinstance(epochs, list) and isinstance(walls, list)):
-            raise CheckpointError(
-                f"History.load: {source} needs lists 'step', 'epoch', 'wall_time'."
-            )
+            raise HistoryError(f"History.load: {source} needs lists 'step', 'epoch', 'wall_time'.")
         n = len(steps)
         if not isinstance(values, Mapping) or list(values) != expected_cols:
-            raise CheckpointError(
+            raise HistoryError(
                 f"History.load: 'values' in {source} must map each of the {len(expected_cols)} "
                 "columns, in order, to a list."
             )
@@ -698,7 +745,7 @@ class History:
             or len(walls) != n
             or any(not isinstance(s, list) or len(s) != n for s in series)
         ):
-            raise CheckpointError(
+            raise HistoryError(
                 f"History.load: series in {source} have different lengths (expected {n} steps)."
             )
         h._steps = [_as_int(s, "step", source) for s in steps]
@@ -710,15 +757,15 @@ class History:
         mults: list[dict[str, list[float]] | None] = [None] * n
         raw_mults = data.get("multipliers") or {}
         if not isinstance(raw_mults, Mapping):
-            raise CheckpointError(f"History.load: 'multipliers' in {source} must be an object.")
+            raise HistoryError(f"History.load: 'multipliers' in {source} must be an object.")
         for name, per_step in raw_mults.items():
             if name not in names:
-                raise CheckpointError(
+                raise HistoryError(
                     f"History.load: {source} has multipliers of unknown constraint {name!r} "
                     f"(constraints: {names})."
                 )
             if not isinstance(per_step, list) or len(per_step) != n:
-                raise CheckpointError(
+                raise HistoryError(
                     f"History.load: multipliers of {name!r} in {source} must list one entry "
                     f"per step ({n})."
                 )
@@ -726,7 +773,7 @@ class History:
                 if vals is None or vals == []:
                     continue
                 if not isinstance(vals, list):
-                    raise CheckpointError(
+                    raise HistoryError(
                         f"History.load: multipliers of {name!r} at row {i} in {source} must "
                         f"be a list or null (got {vals!r})."
                     )
@@ -738,10 +785,10 @@ class History:
         h._mults = [None if m is None else {k: m[k] for k in names if k in m} for m in mults]
         evals = data.get("evals") or []
         if not isinstance(evals, list):
-            raise CheckpointError(f"History.load: 'evals' in {source} must be a list.")
+            raise HistoryError(f"History.load: 'evals' in {source} must be a list.")
         for e in evals:
             if not isinstance(e, Mapping) or not isinstance(e.get("metrics"), Mapping):
-                raise CheckpointError(
+                raise HistoryError(
                     f"History.load: each eval in {source} needs 'step' and 'metrics' (got {e!r})."
                 )
             h._evals.append(
@@ -752,7 +799,7 @@ class History:
             )
         for a, b in itertools.pairwise(h._evals):
             if b.step < a.step:
-                raise CheckpointError(
+                raise HistoryError(
                     f"History.load: evaluation steps in {source} must not decrease "
                     f"(got {b.step} after {a.step})."
                 )
@@ -785,12 +832,13 @@ class History:
         cls, path: str | os.PathLike[str], *, constraint_names: Sequence[str] | None = None
     ) -> History:
         """Read a file written by :meth:`save_json` (optionally checking the layout)."""
+        text = _read_text(path, "History.load_json")
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(
-                f"History.load_json: {os.fspath(path)!r} is not valid JSON ({err}). "
+            data = json.loads(text)
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, >4300-digit ints
+            detail = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise HistoryError(
+                f"History.load_json: {os.fspath(path)!r} is not valid JSON ({detail}). "
                 "Load a file written by History.save_json."
             ) from None
         return cls.from_dict(data, constraint_names=constraint_names, source=repr(os.fspath(path)))
@@ -852,19 +900,24 @@ class History:
         version); a ``meta`` given here replaces it.
         """
         source = repr(os.fspath(path))
-        with open(path, encoding="utf-8", newline="") as fh:
-            text = fh.read()
+        text = _read_text(path, "History.load_csv")
         meta_line, stored, text = _split_csv_meta(text, "History.load_csv", source)
         first = 1 if meta_line is None else 2  # the file's line number of the header
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        try:
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error as err:  # e.g. a field larger than the field limit, a NUL byte
+            raise HistoryError(
+                f"History.load_csv: {source} is not a readable CSV ({err}). Load a file "
+                "written by History.save_csv."
+            ) from None
         if not rows:
-            raise CheckpointError(f"History.load_csv: {source} is empty (no header).")
+            raise HistoryError(f"History.load_csv: {source} is empty (no header).")
         header = rows[0]
         names = _names_from_header(header, source)
         _expect_layout(names, constraint_names, source)
         base = list(_INDEX_COLUMNS) + history_columns(names)
         if header[: len(base)] != base:
-            raise CheckpointError(
+            raise HistoryError(
                 f"History.load_csv: header of {source} does not match the layout of constraints "
                 f"{names} (expected {base}, got {header[: len(base)]})."
             )
@@ -873,7 +926,7 @@ class History:
             m = _MULT_COLUMN.match(col)
             name = m.group("name") if m else None
             if m is None or name not in names or int(m.group("k")) != widths.get(name, 0):
-                raise CheckpointError(
+                raise HistoryError(
                     f"History.load_csv: unexpected column {col!r} in {source}. Extra columns "
                     "must be '<constraint>/multiplier[k]' with k = 0, 1, ... in order."
                 )
@@ -883,7 +936,7 @@ class History:
         nv = len(h._columns)
         for line, cells in enumerate(rows[1:], start=first + 1):
             if len(cells) != len(header):
-                raise CheckpointError(
+                raise HistoryError(
                     f"History.load_csv: line {line} of {source} has {len(cells)} cells, the "
                     f"header has {len(header)}."
                 )
@@ -899,7 +952,7 @@ class History:
                 pos += width
                 filled = [c for c in block if c != ""]
                 if block[: len(filled)] != filled:
-                    raise CheckpointError(
+                    raise HistoryError(
                         f"History.load_csv: multiplier cells of {name!r} on {where} of {source} "
                         "have gaps; values must be contiguous from multiplier[0]."
                     )
@@ -912,7 +965,7 @@ class History:
 
 def _names_from_header(header: list[str], source: str) -> list[str]:
     if header[: len(_INDEX_COLUMNS) + len(_HEAD)] != [*_INDEX_COLUMNS, *_HEAD]:
-        raise CheckpointError(
+        raise HistoryError(
             f"History.load_csv: {source} does not start with columns "
             f"{[*_INDEX_COLUMNS, *_HEAD]} (got {header[:5]}). Load a file written by "
             "History.save_csv."
@@ -928,7 +981,7 @@ def _names_from_header(header: list[str], source: str) -> list[str]:
 
 def _expect_layout(names: list[str], expected: Sequence[str] | None, source: str) -> None:
     if expected is not None and list(expected) != list(names):
-        raise CheckpointError(
+        raise HistoryError(
             f"History.load: {source} records constraints {names}, expected "
             f"{list(expected)}. The history was written for a different problem; load it "
             "without constraint_names or rebuild the problem with the same constraints."
@@ -938,6 +991,6 @@ def _expect_layout(names: list[str], expected: Sequence[str] | None, source: str
 def _check_increasing(steps: list[int], source: str) -> None:
     for a, b in itertools.pairwise(steps):
         if b <= a:
-            raise CheckpointError(
+            raise HistoryError(
                 f"History.load: steps in {source} must strictly increase (got {b} after {a})."
             )

@@ -21,10 +21,11 @@ are Cooper's own.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,19 @@ from typing import Any
 import torch
 
 from constrained_grad.derivatives.diagnostics import raise_if_compiled
-from constrained_grad.errors import CheckpointError, InputValidationError, NonFiniteError
+from constrained_grad.errors import (
+    CheckpointError,
+    ConstrainedGradError,
+    InputValidationError,
+    NonFiniteError,
+)
 from constrained_grad.history import History
 from constrained_grad.parallel import distributed_ready
 from constrained_grad.problem import DerivativeProblem
 from constrained_grad.problem.sync import RankSync
 from constrained_grad.training import checkpoint
 from constrained_grad.training.dual import DualFactory, build_dual_optimizer, dual_step
+from constrained_grad.training.interrupts import DeferredSignals
 from constrained_grad.training.lagrangian import StepLagrangian
 from constrained_grad.training.options import check_step_options
 from constrained_grad.training.stats import FIELDS, StepStats
@@ -166,6 +173,7 @@ class Trainer:
         self._primal_params = [p for g in primal_optimizer.param_groups for p in g["params"]]
         self._pointwise: list[tuple[str, torch.Tensor]] = []
         self.sync = self._distribute(distributed, process_group)
+        self._declared: dict[str, dict[str, Any]] | None = None
         self._t0 = time.perf_counter()
 
     @property
@@ -335,6 +343,8 @@ class Trainer:
         return {
             "format": checkpoint.FORMAT,
             "constraints": checkpoint.constraint_signature(self.problem),
+            "declarations": self._declarations(),
+            "point_sources": checkpoint.point_source_states(self.problem),
             "model": model.state_dict() if isinstance(model, torch.nn.Module) else None,
             "primal_optimizer": self.primal_optimizer.state_dict(),
             "primal_optimizer_type": type(self.primal_optimizer).__name__,
@@ -348,10 +358,18 @@ class Trainer:
             "skipped": self.skipped,
         }
 
+    def _declarations(self) -> dict[str, dict[str, Any]]:
+        """Each constraint's declaration as plain data (once: tensors in it are hashed)."""
+        if self._declared is None:
+            self._declared = {n: checkpoint.declaration(c) for n, c in self.problem.specs.items()}
+        return self._declared
+
     def load_state_dict(self, state: dict[str, Any], source: Any = "state") -> None:
         """Restore a :meth:`state_dict`; raises ``CheckpointError`` if it does not fit."""
         checkpoint.require_keys(state, _TRAINER_KEYS, source)
+        checkpoint.validate(state, source)
         checkpoint.check_signature(state["constraints"], self.problem, source)
+        checkpoint.check_declarations(state.get("declarations"), self.problem, source)
         saved_type = state.get("primal_optimizer_type", type(self.primal_optimizer).__name__)
         current_type = type(self.primal_optimizer).__name__
         if saved_type != current_type:
@@ -382,14 +400,25 @@ class Trainer:
             self.problem.load_state_dict(state["cmp"])
             what = "random state"
             self.problem.generator.set_state(state["problem_generator"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+        except ConstrainedGradError:
+            raise
+        except Exception as err:  # tampered fields raise assorted errors
             detail = " ".join(str(err).split())[:300]
             raise CheckpointError(
                 f"load_checkpoint: the {what} in {source} do not fit this run "
                 f"({type(err).__name__}: {detail}). Resume with the same model, "
                 "optimizers and constraints, or start a new run directory."
             ) from err
-        restored = History.from_dict(state["history"])
+        checkpoint.load_point_source_states(state.get("point_sources"), self.problem, source)
+        try:
+            restored = History.from_dict(state["history"], source=f"{source} (field 'history')")
+        except ConstrainedGradError:
+            raise
+        except Exception as err:
+            raise CheckpointError(
+                f"load_checkpoint: field 'history' of {source} is not a saved History "
+                f"({type(err).__name__}: {err}). Resume from an older copy or start afresh."
+            ) from err
         self.history.truncate(-1)  # drop every row: the checkpoint holds the whole history
         self.history.extend(restored)
         for key, value in restored.meta.items():  # the run's own records (seed, settings, ...)
@@ -451,7 +480,8 @@ def fit(
 
     Args:
         problem: the :class:`~constrained_grad.DerivativeProblem`.
-        loader: any iterable of batches (a ``DataLoader``), re-iterated each epoch.
+        loader: any iterable of batches (a ``DataLoader``), re-iterated each epoch (a
+            one-shot iterator such as a generator only with ``epochs=1``).
         primal_optimizer: the user's optimizer over the model parameters.
         dual_lr: dual ascent step size (per-constraint ``dual_lr`` overrides it; an
             augmented Lagrangian steps by its penalty coefficient).
@@ -489,6 +519,16 @@ def fit(
             non-finite value. With ``resume=True`` an existing checkpoint there is loaded
             first and training continues exactly where it stopped (the history's rows are
             the checkpoint's; its ``meta`` keys that ``history`` does not set come back too).
+            The folder is checked writable before the first step and locked
+            (``checkpoint.lock``) against a second run; a resume is refused with a
+            :class:`~constrained_grad.errors.CheckpointError` naming what differs if the
+            constraint declarations or the loader changed, or the file is damaged (it
+            carries a SHA-256). In one process, Ctrl-C and SIGTERM take effect at the end
+            of the current step, after saving it (``KeyboardInterrupt``, or
+            ``SystemExit(143)``); a second Ctrl-C stops at once. A failed write (e.g. a
+            full disk) raises a ``CheckpointError`` whose ``.result`` is the
+            :class:`FitResult` so far. See the "Checkpoints, interruptions and resuming"
+            guide.
         distributed / process_group: data-parallel training over the ranks of
             ``process_group`` (default group). ``None`` (default) turns it on when
             ``torch.distributed`` is initialised with more than one process. Each rank
@@ -516,6 +556,12 @@ def fit(
         raise InputValidationError(
             f"fit: loader must be an iterable of batches such as a "
             f"DataLoader (got {type(loader).__name__})."
+        )
+    if epochs > 1 and isinstance(loader, Iterator):
+        raise InputValidationError(
+            f"fit: loader is a one-shot iterator ({type(loader).__name__}) but epochs={epochs}: "
+            "it would be empty after the first epoch. Pass a re-iterable loader (a DataLoader "
+            "or a list of batches), or epochs=1."
         )
     callbacks = list(callbacks)
     for cb in [*callbacks, eval_fn]:
@@ -548,13 +594,21 @@ def fit(
     rank, world = (0, 1) if sync is None else (sync.rank, sync.world_size)
     ckpt_path = None
     saved = None
+    held = contextlib.ExitStack()  # the checkpoint folder's lock, until fit ends
     if checkpoint_dir is not None:  # only rank 0 touches the folder
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
         if rank == 0:
-            ckpt_path = checkpoint.prepare_dir(checkpoint_dir) / CHECKPOINT_NAME
-            checkpoint.remove_stale_temps(ckpt_path)  # left by writes killed before rename
-            if resume and ckpt_path.exists():
-                saved = checkpoint.load(ckpt_path)
+            folder = checkpoint.prepare_dir(checkpoint_dir)
+            held.enter_context(checkpoint.folder_lock(folder))
+            ckpt_path = folder / CHECKPOINT_NAME
+            try:
+                checkpoint.remove_stale_temps(ckpt_path)  # left by writes killed before rename
+                if resume and ckpt_path.exists():
+                    saved = checkpoint.load(ckpt_path)
+                    checkpoint.check_loader(saved.get("loader"), loader, ckpt_path)
+            except BaseException:
+                held.close()
+                raise
     if sync is not None and ckpt_path is not None:
         saved = sync.broadcast_object(saved)  # no shared file system needed
     # the first epoch of this call: after a continued history's last one; a checkpoint
@@ -565,6 +619,7 @@ def fit(
     if saved is not None:
         assert ckpt_path is not None
         checkpoint.require_keys(saved, _FIT_KEYS, ckpt_path)
+        checkpoint.validate(saved, ckpt_path)
         if saved.get("world_size", 1) != world:
             raise CheckpointError(
                 f"load_checkpoint: {ckpt_path} was written by a run over "
@@ -594,6 +649,18 @@ def fit(
         "epoch_rng": epoch_rng,
         "first_epoch": first_epoch,
     }
+    loader_sig = checkpoint.loader_signature(loader)
+    signals = DeferredSignals()
+
+    def result() -> FitResult:
+        return FitResult(
+            trainer.history,
+            problem,
+            trainer.step_count,
+            stopped,
+            trainer.dual_optimizer,
+            {"skipped_steps": trainer.skipped, "checkpoint": ckpt_path},
+        )
 
     def save(check: bool = False, collective: bool = True) -> None:
         """Write the checkpoint (rank 0). ``collective``: all ranks call this together, so
@@ -619,12 +686,31 @@ def fit(
             if rank != 0:
                 return
             state = trainer.state_dict()
-            state.update(position, **mine, world_size=world, ranks=ranks)
-            checkpoint.atomic_save(state, ckpt_path)
+            state.update(position, **mine, world_size=world, ranks=ranks, loader=loader_sig)
+            try:
+                with signals.writing():
+                    checkpoint.atomic_save(state, ckpt_path)
+            except CheckpointError as err:  # keep the work: hand the result over with it
+                failure = CheckpointError(
+                    f"{err} The run's state after step {trainer.step_count} is not lost: this "
+                    "error's .result holds the FitResult (model, problem, history)."
+                )
+                failure.result = result()  # type: ignore[attr-defined]
+                raise failure from err
+
+    def interrupted() -> None:
+        """At a step boundary after SIGINT/SIGTERM: save this consistent state, then stop."""
+        if not signals.emergency:
+            save(collective=False)  # the other ranks may be anywhere: no collective call
+        signals.emergency = True  # saved: the KeyboardInterrupt handler must not save again
+        signals.raise_now()
 
     def budget_left() -> bool:
         return steps is None or trainer.step_count < steps
 
+    between_steps = True  # False while a step runs: no consistent state to save
+    if sync is None:  # ranks would see a signal at different steps: not deferred there
+        held.enter_context(signals)
     try:
         for epoch in range(start_epoch, first_epoch + epochs):
             if not budget_left():
@@ -635,8 +721,15 @@ def fit(
                 for set_epoch in set_epochs:  # DistributedSampler: this epoch's shuffle
                     set_epoch(epoch)
                 iterator = iter(loader)
-                for _ in range(skip_batches):
-                    next(iterator)
+                for k in range(skip_batches):
+                    try:
+                        next(iterator)
+                    except StopIteration:
+                        raise CheckpointError(
+                            f"load_checkpoint: {ckpt_path} stopped at batch {skip_batches} of "
+                            f"epoch {epoch} but the loader now ends after {k} batches. Resume "
+                            "with the same loader, or start a new run directory."
+                        ) from None
             else:
                 skip_batches = 0
                 if resume_rng is not None:  # resume at an epoch boundary
@@ -657,6 +750,7 @@ def fit(
             for batch in iterator:
                 seen += 1
                 skipped = trainer.skipped
+                between_steps = False
                 try:
                     row = trainer.step(batch, epoch)
                 except NonFiniteError:
@@ -664,9 +758,12 @@ def fit(
                         save()  # the state before the failed step is intact
                     raise
                 position["batch_in_epoch"] = seen
+                between_steps = True
                 if trainer.skipped > skipped:  # on_nonfinite="skip": no step, nothing logged,
                     if bar is not None:  # so no eval, checkpoint, callback or stop rule either
                         bar.update(1)
+                    if signals.signum:
+                        interrupted()
                     continue
                 worst = max((row[i] for i in idx_max), default=float("nan"))
                 if bar is not None:
@@ -688,6 +785,8 @@ def fit(
                     if feasible_run >= patience:
                         stopped = "feasible"
                         break
+                if signals.signum:  # Ctrl-C/SIGTERM during this step: stop here
+                    interrupted()
                 if not budget_left():
                     break
             else:  # the epoch ran to its end: the next checkpoint starts the next epoch
@@ -701,29 +800,35 @@ def fit(
                 continue
             break
     except KeyboardInterrupt:
-        save(collective=False)  # the other ranks may be anywhere: no collective call
+        try:
+            if between_steps and not signals.emergency:  # raised by a callback, say
+                save(collective=False)  # the other ranks may be anywhere: no collective call
+        finally:
+            held.close()
+        raise
+    except BaseException:
+        held.close()
         raise
     finally:
         if bar is not None:
             bar.close()
-    save(check=True)
+    try:
+        save(check=True)
+        if signals.signum:  # interrupted during the last step: saved, now stop
+            signals.emergency = True
+            signals.raise_now()
+    finally:
+        held.close()
     if sync is not None and isinstance(problem.model, torch.nn.Module):
         sync.broadcast(list(problem.model.buffers()))  # e.g. BatchNorm statistics: rank 0's
     if eval_fn is not None:
         trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
-    result = FitResult(
-        trainer.history,
-        problem,
-        trainer.step_count,
-        stopped,
-        trainer.dual_optimizer,
-        {"skipped_steps": trainer.skipped, "checkpoint": ckpt_path},
-    )
+    final = result()
     for cb in callbacks:  # policies that act once training is over (e.g. cg.Prover)
         end = getattr(cb, "on_fit_end", None)
         if callable(end):
-            end(result)
-    return result
+            end(final)
+    return final
 
 
 CHECKPOINT_NAME = "checkpoint.pt"

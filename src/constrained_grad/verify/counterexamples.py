@@ -184,6 +184,38 @@ class Counterexamples(PointSource):
         idx = subset_ids(self.filled, self.batch_size, generator)
         return self.buffer[idx].to(dtype=dtype, device=device), idx.to(device)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The buffer and the counters that decide the next search (for checkpoints)."""
+        return {
+            "buffer": self.buffer.clone(),
+            "filled": self.filled,
+            "calls": self.calls,
+            "rounds": self.rounds,
+            "found": self.found,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; ``ValueError`` if it was saved by another buffer."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict (got {type(state).__name__})")
+        buffer = state.get("buffer")
+        if not isinstance(buffer, torch.Tensor) or buffer.shape != self.buffer.shape:
+            got = tuple(buffer.shape) if isinstance(buffer, torch.Tensor) else type(buffer).__name__
+            raise ValueError(
+                f"buffer must be a tensor of shape {tuple(self.buffer.shape)} (got {got})"
+            )
+        counts = {}
+        for key in ("filled", "calls", "rounds", "found"):
+            value = state.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} must be a non-negative int (got {value!r})")
+            counts[key] = value
+        if counts["filled"] > self.capacity:
+            raise ValueError(f"filled must be <= capacity {self.capacity} (got {counts['filled']})")
+        self.buffer = buffer.detach().to(torch.float64).clone()
+        self.filled, self.calls = counts["filled"], counts["calls"]
+        self.rounds, self.found = counts["rounds"], counts["found"]
+
     def __repr__(self) -> str:
         return (
             f"Counterexamples(capacity={self.capacity}, every={self.every}, filled={self.filled})"
