@@ -161,6 +161,16 @@ class Prover:
             "status": self.status,
             "proved_step": self.proved_step if self.final_proved else None,
             "checks": len(self.checks),
+            "cells": {
+                name: {
+                    "cells": c.where.n,
+                    "bound_holds": c.where.proved,
+                    "worst_bound": c.where.worst,
+                    "budget_exhausted": c.where.exhausted,
+                }
+                for name, c in problem.specs.items()
+                if isinstance(c.where, Cells)
+            },
         }
 
     # -- one check ---------------------------------------------------------------------------
