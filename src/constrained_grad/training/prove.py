@@ -165,7 +165,7 @@ class Prover:
                 name: {
                     "cells": c.where.n,
                     "bound_holds": c.where.proved,
-                    "worst_bound": c.where.worst,
+                    "worst_bound": c.where.worst if math.isfinite(c.where.worst) else None,
                     "budget_exhausted": c.where.exhausted,
                 }
                 for name, c in problem.specs.items()
