@@ -11,9 +11,10 @@ applicant's score have gone up had their income been higher, everything else equ
 The line is a box whose other features are fixed, so the certificates of the global check
 decide it: interval branch and bound along the line first (one dimension: a few dozen
 segments usually settle it, for piecewise-linear and smooth nets alike), then, for
-piecewise-linear nets, the exact MILP on what is left undecided; both are far cheaper: only the units the one free feature can switch are
-undecided. A categorical feature runs over its values, a feature of a one-hot group over the
-group's categories; a feature the box fixes is checked at its value.
+piecewise-linear nets, the exact MILP on what is left undecided; both are far cheaper
+than the global check: only the units the one free feature can switch are undecided. A
+categorical feature runs over its values, a feature of a one-hot group over the group's
+categories; a feature the box fixes is checked at its value.
 """
 
 from __future__ import annotations
