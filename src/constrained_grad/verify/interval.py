@@ -73,11 +73,10 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 from constrained_grad.constraints.domain import BoundsLike, Box
 from constrained_grad.errors import InputValidationError
@@ -97,6 +96,14 @@ from constrained_grad.verify.milp import (
     parse_network,
 )
 from constrained_grad.verify.search import _check_positive_int
+
+
+def _expit(z: Any) -> Any:
+    """scipy's logistic function, imported on first use (scipy.special is slow to import)."""
+    from scipy.special import expit
+
+    return expit(z)
+
 
 SMOOTH_LAYERS = (
     "the interval certifier bounds nn.Linear, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ReLU, "
@@ -122,7 +129,7 @@ class Smooth:
         if self.kind == "tanh":
             return np.tanh(z)
         if self.kind == "sigmoid":
-            return np.asarray(expit(z))
+            return np.asarray(_expit(z))
         bz = self.beta * z
         return np.where(bz > self.threshold, z, np.logaddexp(0.0, bz) / self.beta)
 
@@ -187,7 +194,7 @@ def _activation(
         top = 1.0
         vl, vh = tl, th
     elif layer.kind == "sigmoid":
-        sl, sh = expit(lo), expit(hi)
+        sl, sh = _expit(lo), _expit(hi)
         dl, dh = _unimodal(lo, hi, np.full_like(lo, 0.25), sl * (1 - sl), sh * (1 - sh))
         top = 0.25
         vl, vh = sl, sh
@@ -197,8 +204,8 @@ def _activation(
         # torch switches to the identity above the threshold, a jump of log1p(exp(-t)) / b
         jump = math.log1p(math.exp(-t)) / b
         vl, vh = vl - jump, vh + jump
-        dl = np.where(b * lo > t, 1.0, expit(b * lo))
-        dh = np.where(b * hi > t, 1.0, expit(b * hi))
+        dl = np.where(b * lo > t, 1.0, _expit(b * lo))
+        dh = np.where(b * hi > t, 1.0, _expit(b * hi))
         top = 1.0
     vl, vh = _widen(vl, vh)
     dl = np.maximum(dl - 4 * _REL, 0.0)
@@ -240,11 +247,14 @@ def _curvature(
     elif layer.kind == "sigmoid":  # s (1 - s)(1 - 2 s), s = sigmoid z; critical (3 +- sqrt 3)/6
         r3 = 3**0.5
         cl, ch = _extremes(
-            lambda v: v * (1 - v) * (1 - 2 * v), expit(lo), expit(hi), [(3 - r3) / 6, (3 + r3) / 6]
+            lambda v: v * (1 - v) * (1 - 2 * v),
+            _expit(lo),
+            _expit(hi),
+            [(3 - r3) / 6, (3 + r3) / 6],
         )
     else:  # softplus'' = beta s (1 - s), s = sigmoid(beta z); 0 above the threshold
         b, t = layer.beta, layer.threshold
-        cl, ch = _extremes(lambda v: b * v * (1 - v), expit(b * lo), expit(b * hi), [0.5])
+        cl, ch = _extremes(lambda v: b * v * (1 - v), _expit(b * lo), _expit(b * hi), [0.5])
         above = b * hi > t
         cl = np.where(above, np.minimum(cl, 0.0), cl)
         ok = np.asarray(~((b * lo <= t) & above).reshape(lo.shape[0], -1).any(axis=1))
