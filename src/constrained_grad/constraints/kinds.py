@@ -334,7 +334,9 @@ class GradientMatch(DerivativeConstraint):
         else:
             s = self.targets(batch)
         try:
-            s = torch.as_tensor(s).to(dtype=like.dtype, device=like.device)
+            s = torch.as_tensor(s)
+            if s.dtype != like.dtype or s.device != like.device:
+                s = s.to(dtype=like.dtype, device=like.device)
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputValidationError(
                 f"{who}: targets must be numeric tensors (got "
