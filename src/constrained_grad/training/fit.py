@@ -21,19 +21,20 @@ are Cooper's own.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import torch
 
 from constrained_grad.errors import CheckpointError, InputValidationError, NonFiniteError
 from constrained_grad.history import History
-from constrained_grad.parallel import distributed_ready
+from constrained_grad.parallel import check_threads, distributed_ready, torch_threads
 from constrained_grad.problem import DerivativeProblem
 from constrained_grad.problem.sync import RankSync
 from constrained_grad.training import checkpoint
@@ -417,6 +418,22 @@ def _named_params(model: Any) -> Iterable[tuple[str, torch.Tensor]]:
     return model.named_parameters() if isinstance(model, torch.nn.Module) else []
 
 
+P = ParamSpec("P")
+
+
+def _threads_for_the_call(fn: Callable[P, FitResult]) -> Callable[P, FitResult]:
+    """Apply ``fn``'s ``threads=`` keyword around the whole call (checked first)."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> FitResult:
+        threads = check_threads(kwargs.get("threads"), "fit")
+        with torch_threads(threads, "fit"):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+@_threads_for_the_call
 def fit(
     problem: DerivativeProblem,
     loader: Iterable[Any],
@@ -441,6 +458,7 @@ def fit(
     resume: bool = True,
     distributed: bool | None = None,
     process_group: Any = None,
+    threads: int | None = None,
 ) -> FitResult:
     r"""Train ``problem.model`` by primal-dual steps over ``loader``.
 
@@ -489,6 +507,11 @@ def fit(
             ``set_epoch`` is called every epoch); every rank then takes the step of the
             global batch, multipliers stay identical, and only rank 0 writes checkpoints
             (resume with the same world size). See the "From one machine to many" guide.
+        threads: torch intra-op CPU threads for the duration of the call (restored
+            afterwards); ``None`` (default) keeps torch's setting. Small models (a few
+            thousand weights, batches of a few hundred points) train fastest on one thread,
+            and much faster than multi-threaded when other processes share the cores (see
+            "Small models and shared CPUs" in the getting-started guide).
 
     Returns:
         :class:`FitResult` with the history and the problem.
@@ -635,7 +658,9 @@ def fit(
                 if resume_rng is not None:  # resume at an epoch boundary
                     checkpoint.restore_rng(resume_rng)
                     resume_rng = None
-                position["epoch_rng"] = _epoch_rng(gen)
+                # only a checkpoint reads it (capturing every RNG costs ~0.1 ms per epoch,
+                # per step for full-batch training)
+                position["epoch_rng"] = _epoch_rng(gen) if ckpt_path is not None else None
                 for set_epoch in set_epochs:  # DistributedSampler: this epoch's shuffle
                     set_epoch(epoch)
                 iterator = iter(loader)
