@@ -15,6 +15,7 @@ kind                              holds when (per point)                        
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -370,7 +371,7 @@ class GradientMatch(DerivativeConstraint):
             rows = values.rows(self._outputs)  # (B, k, d)
             s = self.target_tensor(batch, index, rows, tuple(values.x.shape[1:]))
             sq_err = equal_to(rows, s).pow(2).sum(dim=(1, 2))
-        err = sq_err / s[0].numel()  # mean squared error per derivative entry
+        err = sq_err / math.prod(s.shape[1:])  # mean squared error per derivative entry
         if self.normalize:
             err = err / s.pow(2).mean().clamp_min(torch.finfo(err.dtype).tiny)
         return err.reshape(b, 1)

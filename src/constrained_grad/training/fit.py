@@ -604,6 +604,7 @@ def fit(
     stopped, feasible_run = "budget", 0
     n = len(FIELDS)
     idx_max = [2 + k * n + 1 for k in range(len(trainer.names))]
+    needs_worst = bool(callbacks) or bar is not None or stop_tolerance is not None
     position: dict[str, Any] = {
         "epoch": start_epoch,
         "batch_in_epoch": skip_batches,
@@ -686,7 +687,12 @@ def fit(
                     if bar is not None:  # so no eval, checkpoint, callback or stop rule either
                         bar.update(1)
                     continue
-                worst = max((row[i] for i in idx_max), default=float("nan"))
+                # the worst violation only for its readers (a plain run pays nothing)
+                worst = (
+                    max((row[i] for i in idx_max), default=float("nan"))
+                    if needs_worst
+                    else float("nan")
+                )
                 if bar is not None:
                     bar.update(1)
                     if trainer.step_count % 10 == 1:
@@ -697,10 +703,13 @@ def fit(
                     trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
                 if checkpoint_every and trainer.step_count % checkpoint_every == 0:
                     save(check=True)
-                info = StepInfo(trainer.step_count, epoch, row[0], worst, trainer.history, problem)
-                if any(cb(info) is True for cb in callbacks):
-                    stopped = "callback"
-                    break
+                if callbacks:
+                    info = StepInfo(
+                        trainer.step_count, epoch, row[0], worst, trainer.history, problem
+                    )
+                    if any(cb(info) is True for cb in callbacks):
+                        stopped = "callback"
+                        break
                 if stop_tolerance is not None and idx_max:
                     feasible_run = feasible_run + 1 if worst <= stop_tolerance else 0
                     if feasible_run >= patience:
