@@ -278,13 +278,22 @@ def tiny_hand_written(model: nn.Module, x: torch.Tensor, s: torch.Tensor) -> Cal
     return run
 
 
+def _die_with_parent() -> None:
+    """In the spinning child: be killed when the benchmark dies (even by SIGKILL; Linux)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def busy_other_core(enabled: bool) -> Iterator[None]:
     """A spinning Python process pinned to the last CPU while the block runs."""
     if not enabled:
         yield
         return
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=_die_with_parent)
     try:
         with contextlib.suppress(AttributeError, OSError):  # not Linux: unpinned
             os.sched_setaffinity(proc.pid, {max(os.sched_getaffinity(0))})
