@@ -61,6 +61,7 @@ import constrained_grad as cg
 from constrained_grad.datasets import AUTO_MPG_DECREASING, RegressionData, load_auto_mpg
 from constrained_grad.errors import InputValidationError
 from constrained_grad.history.record import atomic_writer
+from constrained_grad.parallel import check_threads, torch_threads
 
 __all__ = ["SCENARIOS", "DemoResult", "Scenario", "check_device", "prepare_out_dir", "run_demo"]
 
@@ -1020,22 +1021,12 @@ def run_demo(
         raise InputValidationError(
             f"demo: search_points must be a positive int (got {search_points!r})."
         )
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise InputValidationError(
-            f"demo: threads must be a positive int or None (got {threads!r})."
-        )
+    check_threads(threads, "demo")
     dev = check_device(device)
     out = prepare_out_dir(out_dir)
     ctx = _Context(steps, seed, dev, progress, out, float(certify_seconds), search_points, say)
-    saved_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads, "demo"):
         return _run(spec, ctx)
-    finally:
-        torch.set_num_threads(saved_threads)
 
 
 def _run(spec: Scenario, ctx: _Context) -> DemoResult:

@@ -207,6 +207,36 @@ def test_callback_and_feasibility_stops() -> None:
     assert result.stopped == "feasible" and result.steps == 5
 
 
+def test_threads_apply_during_the_fit_and_are_restored_even_on_error() -> None:
+    import inspect
+
+    assert "threads" in inspect.signature(cg.fit).parameters  # help(cg.fit) shows it
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    seen: list[int] = []
+    problem = _mono_problem()
+    cg.fit(
+        problem,
+        _batches(),
+        _sgd(problem),
+        callbacks=[lambda info: seen.append(torch.get_num_threads())],
+        progress=False,
+        threads=target,
+    )
+    assert seen == [target] * 4 and torch.get_num_threads() == before
+
+    def boom(info: cg.StepInfo) -> None:
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        cg.fit(problem, _batches(), _sgd(problem), callbacks=[boom], progress=False, threads=target)
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(InputValidationError, match=r"^fit: threads must be a positive int"):
+            cg.fit(problem, _batches(), _sgd(problem), progress=False, threads=bad)
+    assert torch.get_num_threads() == before
+
+
 def test_eval_fn_is_logged_every_n_steps_and_at_the_end() -> None:
     problem = _mono_problem()
     calls = []

@@ -15,6 +15,7 @@ kind                              holds when (per point)                        
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -340,7 +341,9 @@ class GradientMatch(DerivativeConstraint):
         else:
             s = self.targets(batch)
         try:
-            s = torch.as_tensor(s).to(dtype=like.dtype, device=like.device)
+            s = torch.as_tensor(s)
+            if s.dtype != like.dtype or s.device != like.device:
+                s = s.to(dtype=like.dtype, device=like.device)
         except (TypeError, ValueError, RuntimeError) as err:
             raise InputValidationError(
                 f"{who}: targets must be numeric tensors (got "
@@ -374,7 +377,7 @@ class GradientMatch(DerivativeConstraint):
             rows = values.rows(self._outputs)  # (B, k, d)
             s = self.target_tensor(batch, index, rows, tuple(values.x.shape[1:]))
             sq_err = equal_to(rows, s).pow(2).sum(dim=(1, 2))
-        err = sq_err / s[0].numel()  # mean squared error per derivative entry
+        err = sq_err / math.prod(s.shape[1:])  # mean squared error per derivative entry
         if self.normalize:
             err = err / s.pow(2).mean().clamp_min(torch.finfo(err.dtype).tiny)
         return err.reshape(b, 1)

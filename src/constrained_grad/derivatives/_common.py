@@ -331,3 +331,22 @@ def unit_vectors(indices: list[int], size: int, like: torch.Tensor) -> torch.Ten
     eye = torch.zeros(len(indices), size, dtype=like.dtype, device=like.device)
     eye[torch.arange(len(indices)), torch.tensor(indices)] = 1
     return eye
+
+
+_COTANGENTS: dict[tuple[tuple[int, ...], int, torch.dtype, torch.device], torch.Tensor] = {}
+_COTANGENTS_MAX = 64
+
+
+def unit_cotangents(indices: list[int], size: int, like: torch.Tensor) -> torch.Tensor:
+    """:func:`unit_vectors`, built once per selection, dtype and device and then shared.
+
+    Only for read-only uses such as the ``grad_outputs`` of a backward pass: the same few
+    selections recur every training step, and building them costs kernels each time.
+    """
+    key = (tuple(indices), size, like.dtype, like.device)
+    eye = _COTANGENTS.get(key)
+    if eye is None:
+        if len(_COTANGENTS) >= _COTANGENTS_MAX:
+            _COTANGENTS.clear()
+        eye = _COTANGENTS[key] = unit_vectors(indices, size, like)
+    return eye

@@ -70,8 +70,8 @@ class DerivativeValues:
         self.generator = generator
         self.column_method = column_method
         self.index = index
-        # torch.func paths see a detached copy unless derivatives must depend on x itself
-        self._func_x = fwd.x if graph_in_x else fwd.x.detach()
+        self._graph_in_x = graph_in_x
+        self._func_x_cache: torch.Tensor | None = None
         self.paths: dict[str, str] = {}
         self._columns: dict[int, torch.Tensor] = {}
         self._rows: dict[int, torch.Tensor] = {}
@@ -83,6 +83,14 @@ class DerivativeValues:
     @property
     def x(self) -> torch.Tensor:
         return self._fwd.x
+
+    @property
+    def _func_x(self) -> torch.Tensor:
+        # torch.func paths see a detached copy unless derivatives must depend on x itself;
+        # made on first use (the rows of a kept forward pass never need it)
+        if self._func_x_cache is None:
+            self._func_x_cache = self._fwd.x if self._graph_in_x else self._fwd.x.detach()
+        return self._func_x_cache
 
     @property
     def outputs(self) -> torch.Tensor:
@@ -144,6 +152,8 @@ class DerivativeValues:
                 for k, i in enumerate(wanted):
                     self._rows[i] = rows[:, k, :]
                 self.paths["rows"] = path
+        if len(outputs) == 1:  # a view, not a copy (the usual single-output case)
+            return self._rows[outputs[0]].unsqueeze(1)
         return torch.stack([self._rows[i] for i in outputs], dim=1)
 
     def projections(self, samples: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from constrained_grad.derivatives._common import (
     batched_vjp,
     check_indices,
     forward,
-    unit_vectors,
+    unit_cotangents,
 )
 
 
@@ -24,8 +24,10 @@ def rows_from_forward(
     fwd: Forward, outputs: list[int], *, create_graph: bool, who: str
 ) -> tuple[torch.Tensor, str]:
     """Rows for the (flat) ``outputs`` of a kept forward pass: ``(B, len(outputs), d)``."""
-    vectors = unit_vectors(outputs, fwd.n_outputs, fwd.y).unsqueeze(1).expand(-1, fwd.batch, -1)
+    vectors = unit_cotangents(outputs, fwd.n_outputs, fwd.y).unsqueeze(1).expand(-1, fwd.batch, -1)
     g, path = batched_vjp(fwd, vectors, create_graph=create_graph, who=who)
+    if len(outputs) == 1:  # (1, B, ...) -> (B, 1, d) as one view
+        return g.reshape(fwd.batch, 1, -1), path
     return g.reshape(len(outputs), fwd.batch, -1).transpose(0, 1), path
 
 

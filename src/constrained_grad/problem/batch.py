@@ -50,9 +50,12 @@ class Batch:
     def to(self, device: torch.device | str | None) -> Batch:
         if device is None:
             return self
+        dev = torch.device(device)
 
         def move(v: Any) -> Any:
-            return v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            if not isinstance(v, torch.Tensor) or v.device == dev:
+                return v  # already there: no dispatch at all (a per-step cost otherwise)
+            return v.to(dev, non_blocking=True)
 
         return Batch(
             move(self.x),

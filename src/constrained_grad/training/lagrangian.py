@@ -65,9 +65,12 @@ class StepLagrangian:
             if indexed:
                 lam = weight.detach().reshape(-1)[cs.constraint_features]
             else:
-                lam = weight.detach()
+                lam = weight.detach().reshape(-1)
             if primal and cs.contributes_to_primal_update:
-                term = torch.dot(lam.reshape(-1), cs.violation.reshape(-1).to(lam.dtype))
+                violation = cs.violation.reshape(-1)
+                if violation.dtype != lam.dtype:
+                    violation = violation.to(lam.dtype)
+                term = torch.dot(lam, violation)
                 terms.append(term)
                 if indexed:
                     local.append(term.detach())
@@ -104,7 +107,9 @@ class StepLagrangian:
 
 def _set_dual_grad(weight: torch.nn.Parameter, cs: cooper.ConstraintState, indexed: bool) -> None:
     strict = cs.strict_violation if cs.strict_violation is not None else cs.violation
-    strict = strict.detach().reshape(-1).to(weight.dtype)
+    strict = strict.detach().reshape(-1)
+    if strict.dtype != weight.dtype:
+        strict = strict.to(weight.dtype)
     if indexed:
         ids = (
             cs.strict_constraint_features

@@ -44,6 +44,7 @@ class StepStats:
         self.names = list(names)
         self.weights = weights
         self._raw: list[int] = []
+        self._nans: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self.kind = {}
         for name in self.names:
             w = weights[name]
@@ -67,6 +68,23 @@ class StepStats:
         ``summaries`` (``[mean, max, fraction violated]`` per constraint, e.g. over every
         rank's points) replace the summaries of the local ``violations``.
         """
+        with torch.no_grad():  # no detach() per part: each op counts on small problems
+            return self._pack(loss, lagrangian, violations, summaries)
+
+    def _nan(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (dtype, device)
+        nan = self._nans.get(key)
+        if nan is None:
+            nan = self._nans[key] = torch.full((1,), _NAN, dtype=dtype, device=device)
+        return nan
+
+    def _pack(
+        self,
+        loss: torch.Tensor | None,
+        lagrangian: torch.Tensor | None,
+        violations: dict[str, torch.Tensor],
+        summaries: dict[str, torch.Tensor] | None,
+    ) -> torch.Tensor:
         ref = (
             next(iter(violations.values()))
             if violations
@@ -76,8 +94,9 @@ class StepStats:
 
         def flat(t: torch.Tensor | None) -> torch.Tensor:
             if t is None:
-                return torch.full((1,), _NAN, dtype=dtype, device=device)
-            t = t.detach().reshape(-1)
+                return self._nan(dtype, device)
+            if t.dim() != 1:
+                t = t.reshape(-1)
             return t if t.dtype == dtype else t.to(dtype)
 
         parts = [flat(loss), flat(lagrangian)]

@@ -41,11 +41,10 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 from constrained_grad.constraints.domain import BoundsLike, Box
 from constrained_grad.derivatives.bounds import Activation, Affine, Layer
@@ -67,6 +66,14 @@ from constrained_grad.verify.milp import (
     parse_network,
 )
 from constrained_grad.verify.search import _check_positive_int
+
+
+def _expit(z: Any) -> Any:
+    """scipy's logistic function, imported on first use (scipy.special is slow to import)."""
+    from scipy.special import expit
+
+    return expit(z)
+
 
 SMOOTH_LAYERS = (
     "the interval certifier bounds nn.Linear, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.ReLU, "
@@ -90,7 +97,7 @@ class Smooth:
         if self.kind == "tanh":
             return np.tanh(z)
         if self.kind == "sigmoid":
-            return np.asarray(expit(z))
+            return np.asarray(_expit(z))
         bz = self.beta * z
         return np.where(bz > self.threshold, z, np.logaddexp(0.0, bz) / self.beta)
 

@@ -50,13 +50,13 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from scipy.linalg import block_diag
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_matrix
+
+if TYPE_CHECKING:  # scipy is imported where a certificate is built, not at package import
+    from scipy.optimize import Bounds, LinearConstraint
 
 from constrained_grad.constraints.domain import BoundsLike, Box, as_box
 from constrained_grad.errors import CertificationError, InputValidationError
@@ -237,6 +237,8 @@ def _parse_ensemble(
             out.append(layer)
             continue
         ws = [a[n_affine].weight for a in affines]
+        from scipy.linalg import block_diag
+
         weight = np.vstack(ws) if n_affine == 0 else block_diag(*ws)
         out.append(_Affine(weight, np.concatenate([a[n_affine].bias for a in affines])))
         n_affine += 1
@@ -330,6 +332,9 @@ class _Builder:
     ) -> tuple[Bounds, LinearConstraint | None]:
         """Bounds and constraints; ``extra = (terms, lo, hi, side)`` adds one temporary row,
         ``terms <= lo`` for side ``"lower"`` and ``terms >= hi`` for ``"upper"``."""
+        from scipy.optimize import Bounds, LinearConstraint
+        from scipy.sparse import csr_matrix
+
         bounds = Bounds(np.array(self.lb), np.array(self.ub))
         rows, cols, vals = list(self.rows), list(self.cols), list(self.vals)
         clb, cub = list(self.clb), list(self.cub)
@@ -477,6 +482,8 @@ def _tighten_lp(builder: _Builder, entries: list[_Entry]) -> float:
 
     Returns the seconds spent. Bounds move inward by a relative safety margin of 1e-7.
     """
+    from scipy.optimize import milp
+
     start = time.perf_counter()
     bounds, cons = builder.problem()
     integrality = np.zeros(builder.n_vars)
@@ -801,6 +808,8 @@ def _interior_point(
     c[-1] = -1.0
     lb = np.append(box.low.numpy()[free], 0.0)
     ub = np.append(box.high.numpy()[free], width)
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     cons = LinearConstraint(np.array(rows), -np.inf, np.array(rhs)) if rows else None
     res = milp(
         c,
@@ -844,6 +853,8 @@ def _solve_side(
     options: dict[str, float | bool] = {"mip_rel_gap": mip_rel_gap, "disp": False}
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
+    from scipy.optimize import milp
+
     start = time.perf_counter()
     res = milp(c, integrality=np.array(b.integer), bounds=bounds, constraints=cons, options=options)
     solve_time = time.perf_counter() - start

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-from scipy.stats import qmc
-from tqdm.auto import tqdm
+from torch.quasirandom import SobolEngine
 
 from constrained_grad.constraints.domain import BoundsLike, as_box
 from constrained_grad.errors import GraphCutError, InputValidationError, NonFiniteError
@@ -199,19 +197,16 @@ def _sobol_seed(seed: int | None, generator: torch.Generator | None) -> int | No
     return None
 
 
-def _make_sobol(d: int, seed: int | None) -> qmc.Sobol:
-    rng = np.random.default_rng(seed)
-    try:
-        return qmc.Sobol(d, scramble=True, rng=rng)
-    except TypeError:  # scipy < 1.15 spells it ``seed``
-        return qmc.Sobol(d, scramble=True, seed=rng)
+def _make_sobol(d: int, seed: int | None) -> SobolEngine:
+    if seed is None:
+        # fresh entropy, never the global generator (sampling must not shift the user's stream)
+        seed = torch.Generator().seed()
+    return SobolEngine(d, scramble=True, seed=int(seed) % 2**63)
 
 
-def _sobol_draw(sampler: qmc.Sobol, n: int) -> torch.Tensor:
-    with warnings.catch_warnings():
-        # prefixes of a scrambled Sobol' sequence are still low-discrepancy, only less balanced
-        warnings.filterwarnings("ignore", message=".*balance properties.*")
-        return torch.from_numpy(sampler.random(n))
+def _sobol_draw(sampler: SobolEngine, n: int) -> torch.Tensor:
+    # prefixes of a scrambled Sobol' sequence are still low-discrepancy, only less balanced
+    return sampler.draw(n, dtype=torch.float64)
 
 
 class _UnitSampler:
@@ -292,6 +287,8 @@ def sample_search(
     sampler = _UnitSampler(len(box.sampled), method, seed, generator)
     tracker = _Tracker(top_k, float(tol))
     start = time.perf_counter()
+    from tqdm.auto import tqdm
+
     with tqdm(total=n, disable=not progress, desc=who, leave=False) as bar:
         done = 0
         while done < n:
@@ -414,6 +411,8 @@ def adversarial_search(
     tracker = _Tracker(top_k, float(tol))
     start = time.perf_counter()
     total = x0.shape[0]
+    from tqdm.auto import tqdm
+
     with tqdm(total=total, disable=not progress, desc=who, leave=False) as bar:
         for lo in range(0, total, batch_size):
             x = box.project(x0[lo : lo + batch_size].to(device=dev, dtype=dtype))
