@@ -32,6 +32,7 @@ from constrained_grad.errors import (
     InputValidationError,
 )
 from constrained_grad.training import checkpoint
+from constrained_grad.verify.interval import certify_interval
 
 D, M, N = 3, 2, 16
 
@@ -566,6 +567,116 @@ CASES: dict[str, Case] = {
         ),
         CertificationError,
         r"layer 1 \(SiLU\)",
+    ),
+    # --- certified training: Cells, Prover, Counterexamples.add ---------------------------
+    "cells_model_with_silu": (
+        lambda c: _problem([_mono(where=cg.Cells(VERIFY_BOX))], model=_model(act=nn.SiLU)),
+        CertificationError,
+        r"mono: layer 1 \(SiLU\) cannot be bounded",
+    ),
+    "cells_model_with_gelu": (
+        lambda c: _problem([_mono(where=cg.Cells(VERIFY_BOX))], model=_model(act=nn.GELU)),
+        CertificationError,
+        r"mono: layer 1 \(GELU\) cannot be bounded",
+    ),
+    "cells_box_nan": (
+        lambda c: cg.Cells(cg.Box([float("nan"), 0.0, 0.0], [1.0] * D)),
+        InputValidationError,
+        r"Box: bounds must be finite \(got low=\[nan",
+    ),
+    "cells_box_unbounded": (
+        lambda c: cg.Cells(cg.Box([0.0] * D, [1.0, float("inf"), 1.0])),
+        InputValidationError,
+        r"Box: bounds must be finite \(got high=\[1\.0, inf",
+    ),
+    "cells_not_a_box": (
+        lambda c: cg.Cells([[0.0] * D, [1.0] * D]),
+        ConstraintSpecError,
+        r"Cells: box must be a cg\.Box \(got list\)",
+    ),
+    "cells_box_wrong_width": (
+        lambda c: _problem([_mono(where=cg.Cells(cg.Box([0.0, 0.0], [1.0, 1.0])))]),
+        ConstraintSpecError,
+        r"Cells box has 2 features but the model takes 3 inputs",
+    ),
+    "cells_grid_over_budget": (
+        lambda c: cg.Cells(VERIFY_BOX, splits=10, max_cells=100),
+        ConstraintSpecError,
+        r"initial grid has 1000 cells, more than max_cells=100",
+    ),
+    "cells_on_convex": (
+        lambda c: _problem([cg.Convex(inputs=[0], where=cg.Cells(VERIFY_BOX), name="cvx")]),
+        ConstraintSpecError,
+        r"cvx: where=Cells\(\.\.\.\) bounds first derivatives .*\(got Convex\)",
+    ),
+    "cells_on_jacobian_norm": (
+        lambda c: _problem([cg.JacobianNormBound(1.0, where=cg.Cells(VERIFY_BOX), name="jac")]),
+        ConstraintSpecError,
+        r"jac: where=Cells.*\(got JacobianNormBound\)",
+    ),
+    "cells_on_gradient_match": (
+        lambda c: _problem([cg.GradientMatch("2", where=cg.Cells(VERIFY_BOX), name=GM)]),
+        ConstraintSpecError,
+        r"gm: where=Cells.*\(got GradientMatch\)",
+    ),
+    "cells_on_callable_bound": (
+        lambda c: _problem(
+            [
+                cg.DerivativeBound(
+                    inputs=[0], lower=lambda x: x[:, :1], where=cg.Cells(VERIFY_BOX), name="b"
+                )
+            ]
+        ),
+        ConstraintSpecError,
+        r"b: where=Cells.*DerivativeBound with number bounds \(got DerivativeBound\)",
+    ),
+    "counterexamples_add_wrong_width": (
+        lambda c: cg.Counterexamples(VERIFY_BOX).add(torch.rand(4, 2)),
+        InputValidationError,
+        r"Counterexamples\.add: points must be finite with 3 features \(got shape \(4, 2\)\)",
+    ),
+    "counterexamples_add_nan": (
+        lambda c: cg.Counterexamples(VERIFY_BOX).add(torch.tensor([[float("nan"), 0.0, 0.0]])),
+        InputValidationError,
+        r"Counterexamples\.add: points must be finite",
+    ),
+    "counterexamples_add_one_point_unbatched": (
+        lambda c: cg.Counterexamples(VERIFY_BOX).add(torch.rand(D)),
+        InputValidationError,
+        r"Counterexamples\.add: points must be an \(N, 3\) tensor",
+    ),
+    "prover_domain_not_a_box": (
+        lambda c: cg.Prover([0.0, 1.0]),
+        InputValidationError,
+        r"Prover: domain must be a cg\.Box \(got list\)",
+    ),
+    "prover_every_zero": (
+        lambda c: cg.Prover(VERIFY_BOX, every=0),
+        InputValidationError,
+        r"Prover: every must be a positive int \(got 0\)",
+    ),
+    "prover_feed_not_counterexamples": (
+        lambda c: cg.Prover(VERIFY_BOX, feed=cg.InBox(VERIFY_BOX, n=4)),
+        InputValidationError,
+        r"Prover: feed must be a cg\.Counterexamples point source \(got InBox\)",
+    ),
+    "prover_unknown_constraint": (
+        lambda c: _fit(_problem(), callbacks=[cg.Prover(VERIFY_BOX, every=1, constraints=["x"])]),
+        InputValidationError,
+        r"Prover: no constraint named \['x'\]",
+    ),
+    "certify_interval_cells_wrong_width": (
+        lambda c: certify_interval(
+            _model().double(),
+            VERIFY_BOX.low,
+            VERIFY_BOX.high,
+            input_index=0,
+            output_index=0,
+            lower=0.0,
+            cells=(torch.zeros(2, 2), torch.ones(2, 2)),
+        ),
+        InputValidationError,
+        r"certify_interval: cells must be two non-empty \(N, 3\) tensors \(got \(2, 2\)",
     ),
     # --- fit arguments --------------------------------------------------------------------
     "fit_negative_dual_lr": (
