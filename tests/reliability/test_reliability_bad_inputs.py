@@ -491,7 +491,7 @@ CASES: dict[str, Case] = {
     "verify_seed_not_int": (
         lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, seed="a"),
         InputValidationError,
-        r"verify: seed must be an int \(got 'a'\)",
+        r"verify: seed must be an int in \[0, 2\*\*64\) \(got 'a'\)",
     ),
     "verify_bad_certify": (
         lambda c: cg.verify(_model(), [_mono()], VERIFY_BOX, certify="yes"),
