@@ -1,0 +1,35 @@
+"""No silent wrong answers (issue 15): each case once gave a plausible result with no error.
+
+Every test here failed on the code before its fix; each checks against an oracle (the
+model's own structure, float64 autograd, or the value the library is documented to give).
+"""
+
+from __future__ import annotations
+
+import inspect
+import pydoc
+import subprocess
+import sys
+
+import constrained_grad as cg
+from constrained_grad.history import plots
+
+
+def test_plot_functions_keep_their_signatures_and_docstrings() -> None:
+    for name in ("plot_history", "plot_partial_dependence"):
+        public = getattr(cg, name)
+        real = getattr(plots, name)
+        assert inspect.signature(public) == inspect.signature(real)
+        assert public.__doc__ == real.__doc__
+        assert "*args" not in pydoc.render_doc(public)
+        assert getattr(cg.history, name) is real
+
+
+def test_importing_the_package_does_not_import_matplotlib() -> None:
+    code = (
+        "import sys, constrained_grad as cg\n"
+        "assert 'matplotlib' not in sys.modules, 'imported at package import'\n"
+        "cg.plot_history\n"
+        "assert 'matplotlib' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
