@@ -351,6 +351,16 @@ CASES: dict[str, Case] = {
         GraphCutError,
         r"outputs carry no autograd graph",
     ),
+    "engine_closure_over_the_batch": (  # (B, B, ...) blocks before: issue 15, item 4
+        lambda c: cg.batch_jacobian(lambda h: _model()(X) + h, torch.rand(N, M), mode="forward"),
+        InputValidationError,
+        r"batch_jacobian: f returns 16 rows for 1 input row .*mode='autograd'",
+    ),
+    "engine_function_mixing_samples": (
+        lambda c: cg.batch_jacobian(lambda x: _model()(x - x.mean(0)), X),
+        InputValidationError,
+        r"batch_jacobian: output row 0 depends on input row 1 .*mixes the samples",
+    ),
     "engine_input_gradient_of_vector_output": (
         lambda c: cg.input_gradient(_model(), X),
         InputValidationError,

@@ -11,6 +11,10 @@ import pydoc
 import subprocess
 import sys
 
+import pytest
+import torch
+from torch import nn
+
 import constrained_grad as cg
 from constrained_grad.history import plots
 
@@ -33,3 +37,25 @@ def test_importing_the_package_does_not_import_matplotlib() -> None:
         "assert 'matplotlib' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- 4: batch_jacobian of a function closing over the whole batch --------------------------
+def test_batch_jacobian_of_a_closure_over_the_batch_is_per_sample() -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 2).double()
+    xb, h0 = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+
+    def f(h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(lin(xb) + h)
+
+    oracle = torch.stack(  # float64 autograd, one sample at a time
+        [
+            torch.autograd.functional.jacobian(lambda hb, b=b: torch.tanh(lin(xb[b]) + hb), h0[b])
+            for b in range(5)
+        ]
+    )
+    with pytest.warns(cg.derivatives.FallbackWarning, match="rows for 1 input row"):
+        auto = cg.batch_jacobian(f, h0)
+    assert auto.shape == (5, 2, 2)
+    torch.testing.assert_close(auto, oracle)
+    torch.testing.assert_close(cg.batch_jacobian(f, h0, mode="autograd"), oracle)
