@@ -724,12 +724,86 @@ CASES: dict[str, Case] = {
         InputValidationError,
         r"nothing to optimise",
     ),
+    # --- issue 15, item 19: raw errors before ---------------------------------------------
+    "seed_beyond_64_bits": (
+        lambda c: _problem(seed=2**70),
+        InputValidationError,
+        r"DerivativeProblem: seed must fit in 64 bits.*got 1180591620717411303424",
+    ),
+    "model_on_meta_device": (
+        lambda c: _problem(model=_model().to("meta")),
+        InputValidationError,
+        r"parameters are on the meta device .*to_empty",
+    ),
+    "fit_on_meta_device": (
+        lambda c: _fit(_problem(), device="meta"),
+        InputValidationError,
+        r"fit: cannot train on the meta device",
+    ),
+    "model_returning_a_dict": (
+        lambda c: _problem(model=_DictModel()),
+        InputValidationError,
+        r"the model must return a tensor \(got dict\)\. Wrap it .*model\(x\)\['key'\]",
+    ),
+    "engine_model_returning_a_dict": (
+        lambda c: cg.batch_jacobian(_DictModel(), X),
+        InputValidationError,
+        r"batch_jacobian: model must return a tensor \(got dict\)",
+    ),
+    "engine_second_of_a_dict": (
+        lambda c: cg.second_derivatives(_DictModel(), X, [0]),
+        InputValidationError,
+        r"second_derivatives: model must return a tensor \(got dict\)",
+    ),
+    "model_of_two_inputs": (
+        lambda c: _problem(model=_TwoInputModel()),
+        InputValidationError,
+        r"forward takes 2 inputs .*Wrap it as a one-input module",
+    ),
+    "gradient_violations_without_batch": (
+        lambda c: _problem([cg.GradientMatch("grads", name=GM)], loss=None).violations(GM, X),
+        InputValidationError,
+        r"gm: the derivative targets come from the batch field 'grads', but no batch",
+    ),
+    "fit_huge_dual_lr": (
+        lambda c: _fit(_problem(), dual_lr=1e39),
+        InputValidationError,
+        r"dual step size of 'mono' does not fit its torch\.float32 multipliers \(got 1e\+39",
+    ),
+    "fit_history_not_a_history": (
+        lambda c: _fit(_problem(), history={}),
+        InputValidationError,
+        r"fit: history must be a cg\.History or None \(got dict\)",
+    ),
+    "diagnose_nan_tolerance": (
+        lambda c: cg.diagnose(cg.History(["mono"]), tolerance=float("nan")),
+        InputValidationError,
+        r"diagnose: tolerance must be a finite number >= 0 \(got nan\)",
+    ),
     "model_fails_on_example": (
         lambda c: _problem(example_input=torch.rand(1, 4)),
         InputValidationError,
         r"the model fails on an input of shape",
     ),
 }
+
+
+class _DictModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(D, M)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": self.lin(x)}
+
+
+class _TwoInputModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(D, M)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.lin(x1) + x2
 
 
 def _loader_with_indices() -> DataLoader:

@@ -59,3 +59,16 @@ def test_batch_jacobian_of_a_closure_over_the_batch_is_per_sample() -> None:
     assert auto.shape == (5, 2, 2)
     torch.testing.assert_close(auto, oracle)
     torch.testing.assert_close(cg.batch_jacobian(f, h0, mode="autograd"), oracle)
+
+
+# --- 19: a problem without a loss says so in the progress bar (not "loss=nan") -------------
+def test_progress_bar_says_no_loss_for_a_problem_without_loss(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    problem = cg.DerivativeProblem(model, None, [cg.Monotonic(inputs=[0])])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cg.fit(problem, [(torch.rand(8, 3),)], opt, steps=3, progress=True)
+    err = capsys.readouterr().err
+    assert "loss=no loss" in err and "loss=nan" not in err

@@ -26,6 +26,7 @@ from constrained_grad.derivatives._common import (
     forward,
     has_train_mode_batchnorm,
     prepare_forward_ad,
+    require_tensor,
     warn_fallback,
     watch_coupling,
 )
@@ -138,7 +139,8 @@ def check_independent_samples(f: Fn, x: torch.Tensor, who: str, mode: str) -> st
     if mode != "autograd":
         with torch.no_grad():
             one = f(x[:1])
-        if isinstance(one, torch.Tensor) and one.dim() > 0 and one.shape[0] != 1:
+        require_tensor(one, who)
+        if one.dim() > 0 and one.shape[0] != 1:
             single_rows = (
                 f"f returns {one.shape[0]} rows for 1 input row (got output shape "
                 f"{tuple(one.shape)} for input shape {tuple(x[:1].shape)}), so it reads "

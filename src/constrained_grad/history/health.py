@@ -156,9 +156,15 @@ def diagnose(
         )
     window = _fraction(window, "window", 0.0, 1.0)
     growth = _fraction(growth, "growth", 0.0, 1.0)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not math.isfinite(tolerance)
+        or tolerance < 0
+    ):
         raise InputValidationError(
-            f"diagnose: tolerance must be a number >= 0 (got {tolerance!r})."
+            f"diagnose: tolerance must be a finite number >= 0 (got {tolerance!r}). "
+            "Pass e.g. tolerance=1e-3."
         )
     if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 2:
         raise InputValidationError(f"diagnose: min_steps must be an int >= 2 (got {min_steps!r}).")

@@ -132,6 +132,11 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputValidationError(f"{who}: seed must be an int (got {seed!r}).")
+        if not -(2**63) <= seed < 2**64:
+            raise InputValidationError(
+                f"{who}: seed must fit in 64 bits, [-2**63, 2**64) (got {seed!r}). "
+                "Pass seed % 2**64."
+            )
         if constraints is None:
             constraints = ()
         if isinstance(constraints, DerivativeConstraint) or not isinstance(constraints, Iterable):
@@ -155,6 +160,12 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             # DDP's gradient hooks do not cover create_graph paths; fit synchronises instead
             model = model.module
+        if dtype_and_device(model)[1].type == "meta":
+            raise InputValidationError(
+                f"{who}: the model's parameters are on the meta device (got device='meta'): "
+                "they hold no values to train. Materialise them first, e.g. "
+                "model.to_empty(device='cpu') then initialise or load the weights."
+            )
         self.model = model
         self.loss_fn = loss
         self.column_method = column_method

@@ -124,6 +124,12 @@ class Trainer:
                 f"fit: backward must be a function (tensor) -> None or None "
                 f"(got {type(backward).__name__}). Pass e.g. a LightningModule's manual_backward."
             )
+        if history is not None and not isinstance(history, History):
+            raise InputValidationError(
+                f"fit: history must be a cg.History or None (got {type(history).__name__}). "
+                "Pass a previous run's result.history or History.load_json(path), or leave it "
+                "out for a new one."
+            )
         self.problem = problem
         self.primal_optimizer = primal_optimizer
         self._backward = backward if backward is not None else torch.Tensor.backward
@@ -666,7 +672,9 @@ def fit(
                     bar.update(1)
                     if trainer.step_count % 10 == 1:
                         bar.set_postfix(
-                            loss=f"{row[0]:.4g}", max_violation=f"{worst:.3g}", refresh=False
+                            loss="no loss" if problem.loss_fn is None else f"{row[0]:.4g}",
+                            max_violation=f"{worst:.3g}",
+                            refresh=False,
                         )
                 if eval_fn is not None and eval_every and trainer.step_count % eval_every == 0:
                     trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
@@ -748,6 +756,11 @@ def _progress(total: int | None, enabled: bool, initial: int = 0) -> Any:
 def _move(problem: DerivativeProblem, device: torch.device | str) -> None:
     try:
         dev = torch.device(device)
+        if dev.type == "meta":
+            raise InputValidationError(
+                "fit: cannot train on the meta device (got device='meta'): meta tensors "
+                "hold no values. Use 'cpu' or an available accelerator."
+            )
         if isinstance(problem.model, torch.nn.Module):
             problem.model.to(dev)
         problem.to(device=dev)
