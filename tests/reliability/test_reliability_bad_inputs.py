@@ -780,6 +780,15 @@ CASES: dict[str, Case] = {
         InputValidationError,
         r"diagnose: tolerance must be a finite number >= 0 \(got nan\)",
     ),
+    "constraint_rebound_to_another_model_size": (  # issue 15, item 7
+        lambda c: (
+            (m := cg.Monotonic(inputs=[-1], name="m")),
+            _problem([m]),
+            cg.verify(nn.Linear(4, 1), [m], cg.Box([0.0] * 4, [1.0] * 4), samples=4),
+        ),
+        ConstraintSpecError,
+        r"m: already bound to a model of 3 inputs and 2 outputs per sample \(got 4 and 1\)",
+    ),
     "model_fails_on_example": (
         lambda c: _problem(example_input=torch.rand(1, 4)),
         InputValidationError,

@@ -72,3 +72,17 @@ def test_progress_bar_says_no_loss_for_a_problem_without_loss(
     cg.fit(problem, [(torch.rand(8, 3),)], opt, steps=3, progress=True)
     err = capsys.readouterr().err
     assert "loss=no loss" in err and "loss=nan" not in err
+
+
+# --- 7: a declaration shared by two problems ----------------------------------------------
+def test_a_constraint_shared_by_two_problems_keeps_the_first_problems_input() -> None:
+    torch.manual_seed(0)
+    shared = cg.Monotonic(inputs=[-1], name="m")  # the last input: x1 of 2, x2 of 3
+    net2 = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    first = cg.DerivativeProblem(net2, nn.functional.mse_loss, [shared])
+    second = cg.DerivativeProblem(nn.Linear(3, 1).double(), nn.functional.mse_loss, [shared])
+    x = torch.rand(6, 2, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(net2(x).sum(), x)  # float64 autograd oracle
+    torch.testing.assert_close(first.violations("m", x.detach()), -grad[:, 1:])
+    assert second.specs["m"] is not first.specs["m"]
+    assert second.violations("m", torch.rand(4, 3, dtype=torch.float64)).shape == (4, 1)

@@ -177,7 +177,10 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
 
         self.specs: dict[str, DerivativeConstraint] = {}
         counts: dict[str, int] = {}
-        for c in constraints:
+        for declared in constraints:
+            # a declaration already bound (by another problem, or verify) is resolved as a
+            # copy, so sharing it never re-binds the first problem's constraint to this model
+            c = declared.unbound_copy() if declared.resolved else declared
             base = type(c).__name__.lower()
             name = c.name
             if name is None:
