@@ -86,3 +86,24 @@ def test_a_constraint_shared_by_two_problems_keeps_the_first_problems_input() ->
     torch.testing.assert_close(first.violations("m", x.detach()), -grad[:, 1:])
     assert second.specs["m"] is not first.specs["m"]
     assert second.violations("m", torch.rand(4, 3, dtype=torch.float64)).shape == (4, 1)
+
+
+# --- 9: bf16 / fp16 models keep float32 multipliers -----------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dual_ascent_in_half_precision_climbs_past_one_half(dtype: torch.dtype) -> None:
+    lin = nn.Linear(3, 1).to(dtype)
+    with torch.no_grad():  # df/dx0 = -1: Monotonic increasing violated by exactly 1
+        lin.weight.copy_(torch.tensor([[-1.0, 0.0, 0.0]]))
+        lin.bias.zero_()
+    problem = cg.DerivativeProblem(lin, None, [cg.Monotonic(inputs=[0], name="m")])
+    assert problem.multiplier_values()["m"].dtype == torch.float32
+    x = torch.rand(8, 3).to(dtype)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.0)  # weights fixed: the violation stays 1
+    result = cg.fit(problem, [(x,)] * 800, opt, dual_lr=1e-3, progress=False)
+    lam = problem.multiplier_values()["m"]
+    # analytic: 800 ascent steps of 1e-3 * 1 (in bf16 the sum used to stall at 0.5)
+    torch.testing.assert_close(lam, torch.tensor([0.8]), rtol=1e-4, atol=0)
+    assert result.dual_optimizer is not None
+    assert all(
+        p.dtype == torch.float32 for g in result.dual_optimizer.param_groups for p in g["params"]
+    )

@@ -6,7 +6,8 @@ scalar: grouped constraints are what keeps Cooper fast), holding
 
 * a ``DenseMultiplier`` with one entry per constrained component (aggregate reductions) or
   an ``IndexedMultiplier`` with one entry per point and component (``"pointwise"``),
-  created in the model's dtype and device (Cooper defaults to float32);
+  created on the model's device, in float32 or the model's dtype if wider (a bf16 or
+  fp16 model keeps float32 multipliers);
 * Cooper's ``Lagrangian``, ``AugmentedLagrangian`` or ``QuadraticPenalty`` formulation.
 
 Per batch, :meth:`DerivativeProblem.compute_cmp_state` runs the model once on the batch,
@@ -174,6 +175,9 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         self.in_shape, self.out_shape = infer_dims(model, example_input, input_shape)
         self.n_inputs, self.n_outputs = math.prod(self.in_shape), math.prod(self.out_shape)
         self.dtype, self.device = dtype_and_device(model)
+        #: multipliers and dual state: float32 or wider whatever the model's dtype (in bf16,
+        #: dual steps below a multiplier's resolution, 2**-8 of it, would be lost)
+        self.multiplier_dtype = torch.promote_types(self.dtype, torch.float32)
 
         self.specs: dict[str, DerivativeConstraint] = {}
         counts: dict[str, int] = {}
@@ -227,7 +231,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
 
     # -- construction ----------------------------------------------------------------------
     def _make_cooper_constraint(self, c: DerivativeConstraint) -> cooper.Constraint:
-        dtype, device = self.dtype, self.device
+        dtype, device = self.multiplier_dtype, self.device
         ctype = (
             cooper.ConstraintType.EQUALITY
             if c.effective_kind == "equality"
@@ -440,6 +444,8 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
     ) -> cooper.ConstraintState:
         """Cooper's state of constraint ``name`` from its ``(B, C)`` violations ``g``."""
         c = self.specs[name]
+        if g.dtype != self.multiplier_dtype:  # bf16/fp16 models: violations meet the
+            g = g.to(self.multiplier_dtype)  # float32 multipliers in Cooper's products
         self.last_evals[name] = ConstraintEval(g.detach(), values.index, dict(values.paths))
         if c.reduction == "pointwise":
             if c.where.uses_batch:
