@@ -789,6 +789,41 @@ CASES: dict[str, Case] = {
         ConstraintSpecError,
         r"m: already bound to a model of 3 inputs and 2 outputs per sample \(got 4 and 1\)",
     ),
+    "custom_constraint_detached": (  # issue 15, item 2: trained nothing, multiplier climbed
+        lambda c: _fit(
+            _problem(
+                [
+                    cg.Custom(
+                        lambda v: 2.0 - v.columns([0]).detach()[:, :1, 0],
+                        needs=cg.Needs(columns=frozenset({0})),
+                        name="c",
+                    )
+                ]
+            )
+        ),
+        GraphCutError,
+        r"constraint 'c' has no path to the 4 trainable parameter tensor\(s\)",
+    ),
+    "custom_constraint_detached_but_input_dependent": (
+        lambda c: _fit(
+            _problem(
+                [
+                    cg.Custom(
+                        lambda v: v.columns([0]).data[:, :1, 0] * v.x[:, :1],
+                        needs=cg.Needs(columns=frozenset({0})),
+                        name="c",
+                    )
+                ]
+            )
+        ),
+        GraphCutError,
+        r"constraint 'c' has no path .*got a graph that reaches none of them",
+    ),
+    "loss_of_detached_outputs": (  # issue 15, item 3: trained on the constraints alone
+        lambda c: _fit(_problem(loss=lambda o, y: nn.functional.mse_loss(o.detach(), y))),
+        GraphCutError,
+        r"the loss has no path to the 4 trainable parameter tensor\(s\).*ignore the data",
+    ),
     "model_fails_on_example": (
         lambda c: _problem(example_input=torch.rand(1, 4)),
         InputValidationError,

@@ -37,6 +37,11 @@ from constrained_grad.constraints import (
 )
 from constrained_grad.constraints.points import check_batch_index
 from constrained_grad.derivatives import evaluate
+from constrained_grad.derivatives.diagnostics import (
+    CONSTRAINT_CUT_HINT,
+    LOSS_CUT_HINT,
+    check_depends_on_parameters,
+)
 from constrained_grad.derivatives.engine import DerivativeValues, constraint_violations
 from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
@@ -223,6 +228,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             else []
         )
         self.last_evals: dict[str, ConstraintEval] = {}
+        self._graph_checked = False  # loss and constraints reach the parameters (first step)
         #: data-parallel synchronisation (:meth:`distribute`); None in a single process
         self.sync: RankSync | None = None
         #: constraints whose points were too few to split across ranks on the last step
@@ -317,6 +323,8 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 values = self._values_for(source, b, x, outputs, names, create_graph, reuse_points)
                 for name in names:
                     evaluated.append((name, self.specs[name].violations(values, b), values))
+            if create_graph and not self._graph_checked:
+                self._check_graph(loss, evaluated)
             if self.sync is not None:  # data-parallel: values of the global batch
                 self.sync.exchange(loss, {name: g for name, g, _ in evaluated})
                 if loss is not None:
@@ -328,6 +336,24 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         return cooper.CMPState(
             loss=loss, observed_constraints=observed, misc={"outputs": outputs.detach()}
         )
+
+    def _check_graph(
+        self, loss: torch.Tensor | None, evaluated: list[tuple[str, torch.Tensor, Any]]
+    ) -> None:
+        """First step only: the loss and every constraint value must reach the parameters.
+
+        A loss computed from detached outputs, or a constraint whose function detaches its
+        derivative values, would otherwise train silently on the rest (one graph walk each).
+        """
+        params = list(self.model.parameters()) if isinstance(self.model, torch.nn.Module) else []
+        who = "DerivativeProblem"
+        if loss is not None:
+            check_depends_on_parameters(loss, params, who, what="the loss", hint=LOSS_CUT_HINT)
+        for name, g, _ in evaluated:
+            check_depends_on_parameters(
+                g, params, who, what=f"constraint {name!r}", hint=CONSTRAINT_CUT_HINT
+            )
+        self._graph_checked = True
 
     def _check_inputs(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or tuple(x.shape[1:]) != self.in_shape:
