@@ -824,6 +824,17 @@ CASES: dict[str, Case] = {
         GraphCutError,
         r"the loss has no path to the 4 trainable parameter tensor\(s\).*ignore the data",
     ),
+    "convex_on_a_relu_net": (  # issue 15, item 1: curvature zero a.e., read as met
+        lambda c: _problem([cg.Convex(inputs=[0], name="cvx")], model=_model(act=nn.ReLU)),
+        ConstraintSpecError,
+        r"cvx: Convex constrains second derivatives, but the model is piecewise linear "
+        r"\(got layer 1 \(ReLU\)\)",
+    ),
+    "concave_on_a_leaky_relu_net": (
+        lambda c: _problem([cg.Concave(inputs=[1])], model=_model(act=nn.LeakyReLU)),
+        ConstraintSpecError,
+        r"concave_0: Concave constrains .*piecewise linear .*nn\.Softplus",
+    ),
     "model_fails_on_example": (
         lambda c: _problem(example_input=torch.rand(1, 4)),
         InputValidationError,

@@ -107,3 +107,29 @@ def test_dual_ascent_in_half_precision_climbs_past_one_half(dtype: torch.dtype) 
     assert all(
         p.dtype == torch.float32 for g in result.dual_optimizer.param_groups for p in g["params"]
     )
+
+
+# --- 1: Convex / Concave on a piecewise-linear net -----------------------------------------
+def _relu_net(act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 16), act(), nn.Linear(16, 1))
+
+
+def test_verify_cannot_decide_convexity_of_a_relu_net() -> None:
+    net = _relu_net()
+    with torch.no_grad():  # y = -|x|, plainly concave: sampling sees zero curvature anyway
+        net[0].weight.zero_()
+        net[0].bias.zero_()
+        net[0].weight[:2, 0] = torch.tensor([1.0, -1.0])
+        net[2].weight.zero_()
+        net[2].bias.zero_()
+        net[2].weight[0, :2] = -1.0
+    x = torch.linspace(-1, 1, 5).reshape(-1, 1)
+    torch.testing.assert_close(net(x), -x.abs())
+    report = cg.verify(net, [cg.Convex(inputs=[0], name="cvx")], cg.Box([-1.0], [1.0]), samples=64)
+    assert report["cvx"].status == "unknown"
+    assert "piecewise linear" in report["cvx"].note and not report.ok
+    smooth = cg.verify(
+        _relu_net(nn.Softplus), [cg.Convex(inputs=[0], name="cvx")], cg.Box([-1.0], [1.0])
+    )
+    assert smooth["cvx"].status in ("violated", "no violation found")

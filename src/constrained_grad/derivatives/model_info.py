@@ -68,3 +68,55 @@ def _required_inputs(model: Any) -> int:
         return 1
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
+
+
+#: activations and pools whose second derivative is zero almost everywhere
+_PIECEWISE_LINEAR = (
+    torch.nn.ReLU,
+    torch.nn.ReLU6,
+    torch.nn.LeakyReLU,
+    torch.nn.PReLU,
+    torch.nn.RReLU,
+    torch.nn.Hardtanh,
+    torch.nn.Hardsigmoid,
+    torch.nn.Hardshrink,
+    torch.nn.Softshrink,
+    torch.nn.Threshold,
+    torch.nn.modules.pooling._MaxPoolNd,
+    torch.nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+#: layers affine in their input (in eval mode, for the normalisations)
+_AFFINE = (
+    torch.nn.Linear,
+    torch.nn.modules.conv._ConvNd,
+    torch.nn.Flatten,
+    torch.nn.Unflatten,
+    torch.nn.Identity,
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.pooling._AvgPoolNd,
+    torch.nn.modules.pooling._AdaptiveAvgPoolNd,
+    torch.nn.modules.padding._ConstantPadNd,
+)
+
+
+def piecewise_linear_layers(model: Any) -> list[str]:
+    """Names of the kinks of a piecewise-linear module, ``[]`` unless it is one.
+
+    A module is read as piecewise linear when every leaf module is affine (``Linear``,
+    convolutions, pooling by averages, ...) or piecewise linear (``ReLU``, ``LeakyReLU``,
+    ``Hardtanh``, max pooling, ...), and at least one is the latter: its second input
+    derivatives are then zero almost everywhere. Any other leaf (a smooth activation, a
+    custom module) gives ``[]``.
+    """
+    if not isinstance(model, torch.nn.Module):
+        return []
+    kinks = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue  # containers: their leaves decide
+        if isinstance(module, _PIECEWISE_LINEAR):
+            kinks.append(f"layer {name or '(the model)'} ({type(module).__name__})")
+        elif not isinstance(module, _AFFINE):
+            return []
+    return kinks

@@ -43,7 +43,11 @@ from constrained_grad.derivatives.diagnostics import (
     check_depends_on_parameters,
 )
 from constrained_grad.derivatives.engine import DerivativeValues, constraint_violations
-from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
+from constrained_grad.derivatives.model_info import (
+    dtype_and_device,
+    output_shape,
+    piecewise_linear_layers,
+)
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 from constrained_grad.problem.batch import Batch, as_batch
 from constrained_grad.problem.sync import RankSync
@@ -186,6 +190,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
 
         self.specs: dict[str, DerivativeConstraint] = {}
         counts: dict[str, int] = {}
+        kinks = piecewise_linear_layers(model)
         for declared in constraints:
             # a declaration already bound (by another problem, or verify) is resolved as a
             # copy, so sharing it never re-binds the first problem's constraint to this model
@@ -206,6 +211,15 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                     raise
                 # unnamed: say which of possibly several constraints of one kind failed
                 raise ConstraintSpecError(f"{name}: {err}") from err
+            if c.needs.second and kinks:
+                raise ConstraintSpecError(
+                    f"{name}: {type(c).__name__} constrains second derivatives, but the model "
+                    f"is piecewise linear (got {', '.join(kinks[:3])}"
+                    f"{', ...' if len(kinks) > 3 else ''}): its curvature is zero almost "
+                    "everywhere, so the constraint would read as met at every point while the "
+                    "fit need not be convex or concave. Use a smooth activation (nn.Softplus, "
+                    "nn.SiLU, nn.Tanh) in place of the kinked ones."
+                )
             if c.reduction == "pointwise" and not c.formulation.uses_multiplier:
                 raise ConstraintSpecError(
                     f"{name}: pointwise reduction needs a multiplier; "
