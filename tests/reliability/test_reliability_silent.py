@@ -133,3 +133,50 @@ def test_verify_cannot_decide_convexity_of_a_relu_net() -> None:
         _relu_net(nn.Softplus), [cg.Convex(inputs=[0], name="cvx")], cg.Box([-1.0], [1.0])
     )
     assert smooth["cvx"].status in ("violated", "no violation found")
+
+
+# --- 5: diagnose reads each constraint by what it bounds ----------------------------------
+def _fixed_weights_fit(
+    model: nn.Module, constraint: cg.DerivativeConstraint, steps: int = 40, dual_lr: float = 0.1
+) -> cg.FitResult:
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(64, 4, generator=gen),) for _ in range(steps)]
+    problem = cg.DerivativeProblem(model, None, [constraint], seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # weights fixed: known violations
+    return cg.fit(problem, batches, opt, dual_lr=dual_lr, progress=False)
+
+
+def test_diagnose_reads_an_estimated_mean_norm_bound_by_its_mean() -> None:
+    lin = nn.Linear(4, 4)
+    with torch.no_grad():  # ||J||_F^2 = 7^2 = 49 <= 100, one direction only
+        lin.weight.zero_()
+        lin.weight[0, 0] = 7.0
+    bound = cg.JacobianNormBound(10.0, estimator="vjp_sphere", name="jac")  # mean E||J||^2
+    result = _fixed_weights_fit(lin, bound)
+    h = result.history
+    assert max(h.column("jac/violation_max")) > 0  # single projections reach 4 * 49
+    assert max(h.column("jac/violation_mean")) < 0  # their mean does not
+    health = cg.diagnose(h)["jac"]
+    assert health.status in ("inactive", "satisfied"), str(health)
+    assert "mean_hinge" not in str(health)
+
+
+def test_diagnose_never_advises_a_reduction_the_constraint_refuses() -> None:
+    h = cg.History(["jac"], meta={"constraint_reductions": {"jac": "mean/estimated"}})
+    for k in range(40):  # the mean is violated, the multiplier stays 0 (no dual step)
+        h.log_step(k, 0, 0.0, [0.0, 0.0, 0.5, 2.0, 1.0] + [0.0] * 5)
+    text = str(cg.diagnose(h)["jac"])
+    assert "mean_hinge" not in text and "'max'" not in text and "dual_lr" in text
+    with pytest.raises(cg.errors.ConstraintSpecError):  # what the old advice proposed
+        cg.JacobianNormBound(10.0, estimator="vjp_sphere", reduction="mean_hinge")
+
+
+def test_diagnose_runaway_of_a_constraint_the_weights_cannot_move_says_so() -> None:
+    lin = nn.Linear(4, 1)
+    with torch.no_grad():  # df/dx0 = -1 everywhere: Monotonic violated by 1, fixed
+        lin.weight.copy_(torch.tensor([[-1.0, 0.0, 0.0, 0.0]]))
+    result = _fixed_weights_fit(lin, cg.Monotonic(inputs=[0], name="m"))
+    health = cg.diagnose(result.history)["m"]
+    assert health.status == "runaway"
+    assert "does not move at all" in health.message
+    assert "margin" not in health.message

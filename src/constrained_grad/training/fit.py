@@ -144,6 +144,16 @@ class Trainer:
         self.history.meta.setdefault(
             "constraint_kinds", {n: c.effective_kind for n, c in problem.specs.items()}
         )
+        # what each multiplier sees: a mean over points is read by its mean, not its max;
+        # "estimated" marks random estimates, whose max-type reductions are refused
+        self.history.meta.setdefault(
+            "constraint_reductions",
+            {
+                n: c.reduction
+                + ("/estimated" if getattr(c, "estimator", "exact") != "exact" else "")
+                for n, c in problem.specs.items()
+            },
+        )
         last = self.history.last()  # a loaded CSVLogger(every=k) history has gaps in its steps
         self.step_count = 0 if last is None else int(last["step"]) + 1
         self.skipped = 0
