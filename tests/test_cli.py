@@ -91,7 +91,7 @@ def check_common_artefacts(out: Path, steps: int, constraint_names: tuple[str, .
 
 def test_demo_in_process_writes_every_artefact(auto_mpg_run: tuple[Path, str]) -> None:
     out, printed = auto_mpg_run
-    assert {p.name for p in out.iterdir()} == COMMON_FILES | PD_FILES
+    assert {p.name for p in out.iterdir()} == COMMON_FILES | PD_FILES | {"proof.png"}
     report = check_common_artefacts(out, 6, AUTO_MPG_CONSTRAINTS)
     for name in PD_FILES:
         assert mpimg.imread(out / name).shape[0] > 100

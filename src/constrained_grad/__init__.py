@@ -12,6 +12,8 @@ Cooper, record and plot multipliers and violations, and verify the trained model
 ['monotonic_0']
 """
 
+from typing import TYPE_CHECKING, Any
+
 from constrained_grad import derivatives, errors
 from constrained_grad.constraints import (
     AtPoints,
@@ -50,8 +52,6 @@ from constrained_grad.history import (
     History,
     TensorBoardLogger,
     diagnose,
-    plot_history,
-    plot_partial_dependence,
 )
 from constrained_grad.models import Ensemble
 from constrained_grad.parallel import is_main_process
@@ -69,6 +69,9 @@ from constrained_grad.verify import (
     verify,
     verify_local,
 )
+
+if TYPE_CHECKING:  # for type checkers only: at run time, matplotlib loads on first use
+    from constrained_grad.history.plots import plot_history, plot_partial_dependence, plot_proof
 
 __version__ = "0.1.0"
 
@@ -124,9 +127,23 @@ __all__ = [
     "jacobian_rows",
     "plot_history",
     "plot_partial_dependence",
+    "plot_proof",
     "sample_search",
     "second_derivatives",
     "verify",
     "verify_local",
     "with_indices",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``plot_history``/``plot_partial_dependence``: the real functions, loaded on first use.
+
+    Importing constrained_grad does not import matplotlib; ``help(cg.plot_history)`` shows
+    the function's own signature and docstring.
+    """
+    if name in ("plot_history", "plot_partial_dependence", "plot_proof"):
+        from constrained_grad.history import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,8 @@ artefacts into --out:
   history.json, history.csv   per-step loss, constraint violations and Lagrange multipliers
   history.png                 the same, plotted
   partial_dependence_*.png    average prediction and slope along each constrained input
+  proof.png                   certified training (auto-mpg): cells, cells whose bound holds,
+                              worst bound, and the Prover's checks
   model.pt                    trained state_dict (torch.load(path, weights_only=True))
   report.md, report.json      setup, test metrics, each constraint's violations, and the
                               verification: the property searched over the whole input box

@@ -585,6 +585,8 @@ def _auto_mpg(ctx: _Context) -> _Outcome:
             raw_model, x_ref, j, path=path, feature_name=name, direction="decreasing"
         )
         files[path.name] = path
+    cg.plot_proof(result.history, path=ctx.out_dir / "proof.png")
+    files["proof.png"] = ctx.out_dir / "proof.png"
     found = ver["max_violation"]
     setup = {
         "data": f"Auto MPG shipped in the package (UCI, CC BY 4.0), 392 rows, seeded split "

@@ -203,7 +203,7 @@ def test_equality_reads_the_same_after_a_csv_round_trip_as_after_json(tmp_path):
         ({"window": 1.5}, "window must be in"),
         ({"window": "half"}, "window must be a number"),
         ({"growth": -0.1}, "growth must be in"),
-        ({"tolerance": -1.0}, "tolerance must be a number >= 0"),
+        ({"tolerance": -1.0}, "tolerance must be a finite number >= 0"),
         ({"min_steps": 1}, "min_steps must be an int >= 2"),
         ({"kinds": {"other": "equality"}}, "does not have"),
         ({"kinds": {"c": "eq"}}, "'inequality' or 'equality'"),

@@ -154,7 +154,11 @@ def test_fit_with_both_loggers_writes_exactly_the_history(tmp_path):
     assert path.read_text(encoding="utf-8") == csv_text(h, tmp_path)
     back = History.load_csv(path)
     assert back.steps == h.steps and back.to_columns() == h.to_columns()
-    assert back.meta == h.meta == {"constraint_kinds": {"mono": "inequality"}}  # for diagnose
+    assert back.meta == h.meta  # for diagnose
+    assert h.meta == {
+        "constraint_kinds": {"mono": "inequality"},
+        "constraint_reductions": {"mono": "mean_hinge"},
+    }
 
 
 @needs_tb

@@ -365,6 +365,16 @@ CASES: dict[str, Case] = {
         CompiledModelError,
         r"torch\.compile'd code.*\(got: .*\)\. Pass the uncompiled module",
     ),
+    "engine_closure_over_the_batch": (  # (B, B, ...) blocks before: issue 15, item 4
+        lambda c: cg.batch_jacobian(lambda h: _model()(X) + h, torch.rand(N, M), mode="forward"),
+        InputValidationError,
+        r"batch_jacobian: f returns 16 rows for 1 input row .*mode='autograd'",
+    ),
+    "engine_function_mixing_samples": (
+        lambda c: cg.batch_jacobian(lambda x: _model()(x - x.mean(0)), X),
+        InputValidationError,
+        r"batch_jacobian: output row 0 depends on input row 1 .*mixes the samples",
+    ),
     "engine_input_gradient_of_vector_output": (
         lambda c: cg.input_gradient(_model(), X),
         InputValidationError,
@@ -838,12 +848,141 @@ CASES: dict[str, Case] = {
         InputValidationError,
         r"nothing to optimise",
     ),
+    # --- issue 15, item 19: raw errors before ---------------------------------------------
+    "seed_beyond_64_bits": (
+        lambda c: _problem(seed=2**70),
+        InputValidationError,
+        r"DerivativeProblem: seed must fit in 64 bits.*got 1180591620717411303424",
+    ),
+    "model_on_meta_device": (
+        lambda c: _problem(model=_model().to("meta")),
+        InputValidationError,
+        r"parameters are on the meta device .*to_empty",
+    ),
+    "fit_on_meta_device": (
+        lambda c: _fit(_problem(), device="meta"),
+        InputValidationError,
+        r"fit: cannot train on the meta device",
+    ),
+    "model_returning_a_dict": (
+        lambda c: _problem(model=_DictModel()),
+        InputValidationError,
+        r"the model must return a tensor \(got dict\)\. Wrap it .*model\(x\)\['key'\]",
+    ),
+    "engine_model_returning_a_dict": (
+        lambda c: cg.batch_jacobian(_DictModel(), X),
+        InputValidationError,
+        r"batch_jacobian: model must return a tensor \(got dict\)",
+    ),
+    "engine_second_of_a_dict": (
+        lambda c: cg.second_derivatives(_DictModel(), X, [0]),
+        InputValidationError,
+        r"second_derivatives: model must return a tensor \(got dict\)",
+    ),
+    "model_of_two_inputs": (
+        lambda c: _problem(model=_TwoInputModel()),
+        InputValidationError,
+        r"forward takes 2 inputs .*Wrap it as a one-input module",
+    ),
+    "gradient_violations_without_batch": (
+        lambda c: _problem([cg.GradientMatch("grads", name=GM)], loss=None).violations(GM, X),
+        InputValidationError,
+        r"gm: the derivative targets come from the batch field 'grads', but no batch",
+    ),
+    "fit_huge_dual_lr": (
+        lambda c: _fit(_problem(), dual_lr=1e39),
+        InputValidationError,
+        r"dual step size of 'mono' does not fit its torch\.float32 multipliers \(got 1e\+39",
+    ),
+    "fit_history_not_a_history": (
+        lambda c: _fit(_problem(), history={}),
+        InputValidationError,
+        r"fit: history must be a cg\.History or None \(got dict\)",
+    ),
+    "diagnose_nan_tolerance": (
+        lambda c: cg.diagnose(cg.History(["mono"]), tolerance=float("nan")),
+        InputValidationError,
+        r"diagnose: tolerance must be a finite number >= 0 \(got nan\)",
+    ),
+    "constraint_rebound_to_another_model_size": (  # issue 15, item 7
+        lambda c: (
+            (m := cg.Monotonic(inputs=[-1], name="m")),
+            _problem([m]),
+            cg.verify(nn.Linear(4, 1), [m], cg.Box([0.0] * 4, [1.0] * 4), samples=4),
+        ),
+        ConstraintSpecError,
+        r"m: already bound to a model of 3 inputs and 2 outputs per sample \(got 4 and 1\)",
+    ),
+    "custom_constraint_detached": (  # issue 15, item 2: trained nothing, multiplier climbed
+        lambda c: _fit(
+            _problem(
+                [
+                    cg.Custom(
+                        lambda v: 2.0 - v.columns([0]).detach()[:, :1, 0],
+                        needs=cg.Needs(columns=frozenset({0})),
+                        name="c",
+                    )
+                ]
+            )
+        ),
+        GraphCutError,
+        r"constraint 'c' has no path to the 4 trainable parameter tensor\(s\)",
+    ),
+    "custom_constraint_detached_but_input_dependent": (
+        lambda c: _fit(
+            _problem(
+                [
+                    cg.Custom(
+                        lambda v: v.columns([0]).data[:, :1, 0] * v.x[:, :1],
+                        needs=cg.Needs(columns=frozenset({0})),
+                        name="c",
+                    )
+                ]
+            )
+        ),
+        GraphCutError,
+        r"constraint 'c' has no path .*got a graph that reaches none of them",
+    ),
+    "loss_of_detached_outputs": (  # issue 15, item 3: trained on the constraints alone
+        lambda c: _fit(_problem(loss=lambda o, y: nn.functional.mse_loss(o.detach(), y))),
+        GraphCutError,
+        r"the loss has no path to the 4 trainable parameter tensor\(s\).*ignore the data",
+    ),
+    "convex_on_a_relu_net": (  # issue 15, item 1: curvature zero a.e., read as met
+        lambda c: _problem([cg.Convex(inputs=[0], name="cvx")], model=_model(act=nn.ReLU)),
+        ConstraintSpecError,
+        r"cvx: Convex constrains second derivatives, but the model is piecewise linear "
+        r"\(got layer 1 \(ReLU\)\)",
+    ),
+    "concave_on_a_leaky_relu_net": (
+        lambda c: _problem([cg.Concave(inputs=[1])], model=_model(act=nn.LeakyReLU)),
+        ConstraintSpecError,
+        r"concave_0: Concave constrains .*piecewise linear .*nn\.Softplus",
+    ),
     "model_fails_on_example": (
         lambda c: _problem(example_input=torch.rand(1, 4)),
         InputValidationError,
         r"the model fails on an input of shape",
     ),
 }
+
+
+class _DictModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(D, M)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": self.lin(x)}
+
+
+class _TwoInputModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(D, M)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.lin(x1) + x2
 
 
 def _loader_with_indices() -> DataLoader:

@@ -24,6 +24,7 @@ what the optimiser sees:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -172,7 +173,19 @@ class DerivativeConstraint:
 
     # -- binding to a model -------------------------------------------------------------
     def resolve(self, n_inputs: int, n_outputs: int) -> None:
-        """Check the declaration against a model with ``n_inputs``/``n_outputs`` per sample."""
+        """Check the declaration against a model with ``n_inputs``/``n_outputs`` per sample.
+
+        A constraint is bound to one model size: resolving it again for another size raises
+        :class:`ConstraintSpecError` (a :class:`DerivativeProblem` resolves a copy of a
+        declaration that is already bound, so one declaration can serve several problems).
+        """
+        if self.resolved and (n_inputs, n_outputs) != (self.n_inputs, self.n_outputs):
+            raise ConstraintSpecError(
+                f"{self.label}: already bound to a model of {self.n_inputs} inputs and "
+                f"{self.n_outputs} outputs per sample (got {n_inputs} and {n_outputs}); "
+                "re-binding it would change the problem that uses it. Declare a new "
+                "constraint for this model, or pass constraint.unbound_copy()."
+            )
         self.n_inputs, self.n_outputs = n_inputs, n_outputs
         self.where.check_inputs(n_inputs, self.label)
         if getattr(self.where, "over_cells", False) and not self.supports_cells:
@@ -181,6 +194,18 @@ class DerivativeConstraint:
                 f"applies to Monotonic and DerivativeBound with number bounds (got "
                 f"{type(self).__name__}). Enforce this constraint at points (OnBatch, InBox)."
             )
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the constraint has been bound to a model (:meth:`resolve`)."""
+        return self._needs is not None
+
+    def unbound_copy(self) -> DerivativeConstraint:
+        """A shallow copy of the declaration, not yet bound to any model."""
+        twin = copy.copy(self)
+        twin._needs = None
+        twin.n_components = twin.n_inputs = twin.n_outputs = 0
+        return twin
 
     @property
     def needs(self) -> Needs:

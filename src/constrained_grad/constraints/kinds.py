@@ -336,6 +336,17 @@ class GradientMatch(DerivativeConstraint):
                     f"{who}: targets tensor needs point ids; enforce at AtPoints(points)."
                 )
             s = self.targets[index.to(self.targets.device)]
+        elif batch is None:
+            source = (
+                f"the batch field {self.targets!r}"
+                if isinstance(self.targets, str)
+                else "a function of the batch"
+            )
+            raise InputValidationError(
+                f"{who}: the derivative targets come from {source}, but no batch was given "
+                "(got batch=None). Pass the batch that holds them as well: "
+                f"problem.violations({who!r}, x, batch)."
+            )
         elif isinstance(self.targets, str):
             s = batch.field(self.targets, who) if hasattr(batch, "field") else batch[self.targets]
         else:

@@ -123,11 +123,7 @@ def wrap_forward(x: torch.Tensor, y: torch.Tensor, who: str, *, coupled: bool = 
 
     Pass ``coupled=has_train_mode_batchnorm(f)`` when ``f`` may couple the samples.
     """
-    if not isinstance(y, torch.Tensor):
-        raise InputValidationError(
-            f"{who}: model must return a tensor (got {type(y).__name__}). "
-            "Wrap the model so it returns the tensor to constrain."
-        )
+    require_tensor(y, who)
     if y.dim() == 0 or y.shape[0] != x.shape[0]:
         raise InputValidationError(
             f"{who}: model output must keep the batch dimension (got output shape "
@@ -136,6 +132,15 @@ def wrap_forward(x: torch.Tensor, y: torch.Tensor, who: str, *, coupled: bool = 
         )
     out_shape = tuple(y.shape[1:])
     return Forward(x=x, y=y.reshape(y.shape[0], -1), out_shape=out_shape, coupled=coupled)
+
+
+def require_tensor(y: object, who: str) -> None:
+    """Raise :class:`InputValidationError` unless the model's output ``y`` is a tensor."""
+    if not isinstance(y, torch.Tensor):
+        raise InputValidationError(
+            f"{who}: model must return a tensor (got {type(y).__name__}). Wrap the model so "
+            "it returns the tensor to constrain, e.g. lambda x: model(x)['key']."
+        )
 
 
 def check_indices(indices: list[int], size: int, what: str, who: str) -> list[int]:

@@ -44,6 +44,19 @@ PARAMETER_CUT_HINT = (
 )
 
 
+LOSS_CUT_HINT = (
+    "Training would follow the constraints alone and ignore the data. Common causes: the "
+    "loss reads `.detach()`ed or `.data` outputs, converts them (`.item()`, `.numpy()`), or "
+    "is computed from the targets only. Compute it from the outputs it is given."
+)
+
+CONSTRAINT_CUT_HINT = (
+    "A multiplier would climb forever while the weights never move the violation. Common "
+    "causes: the constraint's function uses `.data`/`.detach()`/`.item()` on the derivative "
+    "values, or builds new tensors from them. Compute it with differentiable tensor ops."
+)
+
+
 def require_graph(outputs: torch.Tensor, who: str) -> None:
     """Raise :class:`GraphCutError` if ``outputs`` carries no autograd graph."""
     if not outputs.requires_grad:
@@ -129,7 +142,12 @@ def _reaches(value: torch.Tensor, targets: Sequence[torch.Tensor]) -> bool:
 
 
 def check_depends_on_parameters(
-    value: torch.Tensor, parameters: Iterable[torch.nn.Parameter], who: str
+    value: torch.Tensor,
+    parameters: Iterable[torch.nn.Parameter],
+    who: str,
+    *,
+    what: str = "derivative",
+    hint: str = PARAMETER_CUT_HINT,
 ) -> None:
     """Raise :class:`GraphCutError` when ``value`` cannot carry gradients to ``parameters``.
 
@@ -144,13 +162,13 @@ def check_depends_on_parameters(
         return
     if not value.requires_grad:
         raise GraphCutError(
-            f"{who}: derivative has no path to the {len(trainable)} trainable "
-            f"parameter tensor(s) (got requires_grad=False). {PARAMETER_CUT_HINT}"
+            f"{who}: {what} has no path to the {len(trainable)} trainable "
+            f"parameter tensor(s) (got requires_grad=False). {hint}"
         )
     if not _reaches(value, trainable):
         raise GraphCutError(
-            f"{who}: derivative has no path to the {len(trainable)} trainable "
-            f"parameter tensor(s) (got a graph that reaches none of them). {PARAMETER_CUT_HINT}"
+            f"{who}: {what} has no path to the {len(trainable)} trainable "
+            f"parameter tensor(s) (got a graph that reaches none of them). {hint}"
         )
 
 

@@ -26,6 +26,7 @@ from constrained_grad.derivatives._common import (
     forward,
     has_train_mode_batchnorm,
     prepare_forward_ad,
+    require_tensor,
     unwrap_compiled,
     warn_fallback,
     watch_coupling,
@@ -95,6 +96,17 @@ def batch_jacobian(
         chunk_size: vmap over at most this many basis vectors at once (bounds memory).
         create_graph: keep the result differentiable w.r.t. the parameters.
 
+    ``f`` must treat the samples independently: output row ``b`` a function of input row
+    ``b`` alone. This is checked first, with one backward pass from a random cotangent on
+    sample 0 (it must reach no other sample): a function mixing rows (``x - x.mean(0)``)
+    has no per-sample Jacobian and raises
+    :class:`~constrained_grad.errors.InputValidationError` instead of returning wrong
+    blocks (BatchNorm in training mode is the one coupling handled: exact diagonal blocks).
+    The torch.func modes call ``f`` on single rows; a closure over the whole batch
+    (``lambda h: g(x_batch, h)``) returns ``B`` rows for one and is refused in ``"forward"``
+    and ``"reverse"`` mode, and computed by ``"autograd"`` (which calls ``f`` on the
+    batch) in ``"auto"`` mode, with a :class:`~constrained_grad.derivatives.FallbackWarning`.
+
     Example:
         >>> import torch
         >>> lin = torch.nn.Linear(3, 2)
@@ -102,10 +114,72 @@ def batch_jacobian(
         >>> J.shape, torch.allclose(J[1], lin.weight)
         (torch.Size([4, 2, 3]), True)
     """
+    if mode in JACOBIAN_MODES:
+        check_batch(x, "batch_jacobian")
+        rows = check_independent_samples(f, x, "batch_jacobian", mode)
+        if rows is not None and mode == "auto":
+            warn_fallback("batch_jacobian", "torch.func", "autograd", RuntimeError(rows))
+            mode = "autograd"
     values, _ = jacobian_with_path(
         f, x, mode=mode, chunk_size=chunk_size, create_graph=create_graph
     )
     return values
+
+
+#: rows of the batch that :func:`check_independent_samples` probes for mixing
+PROBE_ROWS = 4
+
+
+def check_independent_samples(f: Fn, x: torch.Tensor, who: str, mode: str) -> str | None:
+    """Raise :class:`InputValidationError` if ``f`` mixes the samples of its batch.
+
+    Two cheap probes: the gradient of a random cotangent on output row 0 must vanish on
+    every other input row (one forward and one backward pass, on the first
+    :data:`PROBE_ROWS` rows when ``f`` runs on single rows); and, for the torch.func
+    modes, ``f`` on one row must return one row (a closure over the whole batch broadcasts
+    to ``B`` rows). Returns why the torch.func modes cannot run ``f`` in ``"auto"`` mode
+    (None if they can). Train-mode BatchNorm couples the samples on purpose and is left to
+    the exact diagonal path.
+    """
+    single_rows: str | None = None
+    if mode != "autograd":
+        with torch.no_grad():
+            one = f(x[:1])
+        require_tensor(one, who)
+        if one.dim() > 0 and one.shape[0] != 1:
+            single_rows = (
+                f"f returns {one.shape[0]} rows for 1 input row (got output shape "
+                f"{tuple(one.shape)} for input shape {tuple(x[:1].shape)}), so it reads "
+                "other samples, e.g. a closure over the whole batch (lambda h: g(x_batch, h))"
+            )
+            if mode != "auto":
+                raise InputValidationError(
+                    f"{who}: {single_rows}. Use mode='autograd' (or 'auto') if output row b "
+                    "depends on input row b only, or make f a function of its argument alone."
+                )
+    if x.shape[0] < 2 or has_train_mode_batchnorm(f):
+        return single_rows
+    # a function that runs on single rows is probed on a few (mixing shows there too, at a
+    # fraction of the cost); one that may need the whole batch (a closure) on all of them
+    probe = x if single_rows is not None or mode == "autograd" else x[:PROBE_ROWS]
+    xr = probe.detach().requires_grad_(True)
+    with torch.enable_grad(), watch_coupling() as seen:
+        y = f(xr)
+    if seen or not isinstance(y, torch.Tensor) or not y.requires_grad or y.dim() == 0:
+        return single_rows  # train-mode BatchNorm, or a cut graph / bad output: the caller says
+    gen = torch.Generator().manual_seed(0)
+    cot = torch.zeros_like(y)
+    cot[0] = torch.randn(y[0].shape, generator=gen).to(y.dtype)
+    (g,) = torch.autograd.grad(y, xr, cot, allow_unused=True)
+    if g is not None and bool(torch.any(g[1:] != 0)):
+        b = int(torch.nonzero(g[1:].reshape(probe.shape[0] - 1, -1).abs().sum(1))[0]) + 1
+        raise InputValidationError(
+            f"{who}: output row 0 depends on input row {b} (got a non-zero cross-sample "
+            "derivative), so f mixes the samples of the batch and has no per-sample "
+            "Jacobian. Make f act on each row on its own (no reductions over the batch, no "
+            "closure over other samples)."
+        )
+    return single_rows
 
 
 def jacobian_with_path(

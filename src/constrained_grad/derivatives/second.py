@@ -29,6 +29,7 @@ from constrained_grad.derivatives._common import (
     forward,
     has_train_mode_batchnorm,
     prepare_forward_ad,
+    require_tensor,
     unit_vectors,
     unwrap_compiled,
     warn_fallback,
@@ -50,7 +51,9 @@ def _second_forward(f: Fn, x: torch.Tensor, inputs: list[int]) -> torch.Tensor:
         t = t.expand_as(x)
 
         def directional(z: torch.Tensor) -> torch.Tensor:
-            return jvp(f, (z,), (t,))[1]
+            out = jvp(f, (z,), (t,))[1]
+            require_tensor(out, "second_derivatives")
+            return out
 
         return jvp(directional, (x,), (t,))[1].reshape(x.shape[0], -1)
 

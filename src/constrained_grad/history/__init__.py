@@ -1,8 +1,13 @@
 """Plain, detached records of a training run, and their plots (matplotlib lives in plots)."""
 
+from typing import TYPE_CHECKING, Any
+
 from constrained_grad.history.health import ConstraintHealth, diagnose
 from constrained_grad.history.loggers import CSVLogger, TensorBoardLogger
 from constrained_grad.history.record import History
+
+if TYPE_CHECKING:  # for type checkers only: at run time, matplotlib loads on first use
+    from constrained_grad.history.plots import plot_history, plot_partial_dependence, plot_proof
 
 __all__ = [
     "CSVLogger",
@@ -12,18 +17,18 @@ __all__ = [
     "diagnose",
     "plot_history",
     "plot_partial_dependence",
+    "plot_proof",
 ]
 
 
-def plot_history(*args, **kwargs):
-    """Plot multiplier and violation histories (see :func:`history.plots.plot_history`)."""
-    from constrained_grad.history.plots import plot_history as _plot
+def __getattr__(name: str) -> Any:
+    """Load the plotting functions (and matplotlib) on first use, not at package import.
 
-    return _plot(*args, **kwargs)
+    The real functions are returned, so ``help()`` and ``inspect.signature`` show their own
+    signatures and docstrings.
+    """
+    if name in ("plot_history", "plot_partial_dependence", "plot_proof"):
+        from constrained_grad.history import plots
 
-
-def plot_partial_dependence(*args, **kwargs):
-    """Partial-dependence plot with the derivative sign (see ``history.plots``)."""
-    from constrained_grad.history.plots import plot_partial_dependence as _plot
-
-    return _plot(*args, **kwargs)
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,12 @@ Statuses (:math:`v`: largest violation, :math:`m`: largest multiplier):
 * ``non-finite``: NaN or infinity among the window's violations or multipliers;
 * ``too-short``: fewer than ``min_steps`` steps in the window.
 
+Constraints whose ``reduction`` is ``"mean"`` (``history.meta["constraint_reductions"]``,
+written by the training loop) bound a mean over points, and their multiplier sees that mean:
+:math:`v` is then the mean violation, not the largest. The advice never proposes a reduction
+the constraint refuses (random estimates allow ``"mean"`` and ``"pointwise"`` only), and a
+``runaway`` says whether the violation did not move at all, fell too slowly, or did not fall.
+
 Exact equalities (``kind="equality"`` with tolerance 0) have a signed violation :math:`h`;
 they are read through :math:`|\,\mathrm{mean}\ h|` and :math:`\max|\lambda|`. The kinds
 come from ``history.meta["constraint_kinds"]`` (written by the training loop, kept by
@@ -112,6 +118,15 @@ def _kinds(history: History, kinds: Mapping[str, str] | None) -> dict[str, str]:
     return {n: str(given.get(n, "inequality")) for n in history.constraint_names}
 
 
+def _reductions(history: History) -> dict[str, str]:
+    """``{name: reduction}`` recorded by the training loop (``"mean/estimated"`` for a mean
+    of random estimates); constraints of histories without it are absent."""
+    given = history.meta.get("constraint_reductions", {})
+    if not isinstance(given, Mapping):
+        return {}
+    return {str(n): str(r) for n, r in given.items() if n in history.constraint_names}
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else math.nan
 
@@ -156,13 +171,20 @@ def diagnose(
         )
     window = _fraction(window, "window", 0.0, 1.0)
     growth = _fraction(growth, "growth", 0.0, 1.0)
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 0:
+    if (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, (int, float))
+        or not math.isfinite(tolerance)
+        or tolerance < 0
+    ):
         raise InputValidationError(
-            f"diagnose: tolerance must be a number >= 0 (got {tolerance!r})."
+            f"diagnose: tolerance must be a finite number >= 0 (got {tolerance!r}). "
+            "Pass e.g. tolerance=1e-3."
         )
     if isinstance(min_steps, bool) or not isinstance(min_steps, int) or min_steps < 2:
         raise InputValidationError(f"diagnose: min_steps must be an int >= 2 (got {min_steps!r}).")
     kind_of = _kinds(history, kinds)
+    reduction_of = _reductions(history)
     n = len(history)
     first = n - max(1, math.ceil(window * n)) if n else 0
     steps = history.steps[first:]
@@ -170,6 +192,7 @@ def diagnose(
         name: _read_one(
             name,
             kind_of[name],
+            reduction_of.get(name, ""),
             history.constraint(name),
             first,
             steps,
@@ -184,6 +207,7 @@ def diagnose(
 def _read_one(
     name: str,
     kind: str,
+    reduction: str,
     stats: dict[str, list[float]],
     first: int,
     steps: list[int],
@@ -200,9 +224,14 @@ def _read_one(
                 stats["multiplier_max"][first:], stats["multiplier_min"][first:], strict=True
             )
         ]
+    elif reduction.split("/")[0] == "mean":  # the multiplier sees (and the bound is on)
+        viol = stats["violation_mean"][first:]  # the mean over points, not the worst one
+        mult = stats["multiplier_max"][first:]
     else:
         viol = stats["violation_max"][first:]
         mult = stats["multiplier_max"][first:]
+    mean_read = not equality and reduction.split("/")[0] == "mean"
+    estimated = reduction.endswith("/estimated")
     # constraints without a multiplier (fixed penalties) log NaN multipliers on every step
     has_multiplier = not all(math.isnan(m) for m in mult)
     fifth = max(1, len(viol) // 5)
@@ -214,7 +243,9 @@ def _read_one(
         return ConstraintHealth(name, status, message, span[0], span[1], v0, v1, m0, m1)
 
     where = f"steps {span[0]}-{span[1]}" if steps else "no steps"
-    measure = "|mean violation|" if equality else "largest violation"
+    measure = (
+        "|mean violation|" if equality else "mean violation" if mean_read else "largest violation"
+    )
     if len(viol) < min_steps:
         return health(
             "too-short",
@@ -250,26 +281,66 @@ def _read_one(
             f"still violated but falling; {numbers_text}. Train longer to let it settle.",
         )
     if has_multiplier and m1 - m0 >= growth * abs(m1) and m1 > m0:
-        return health(
-            "runaway",
-            f"the multiplier keeps rising while the violation does not fall; {numbers_text}. "
-            "The constraint may be unreachable where it is enforced (a margin at points "
-            "where a ReLU net is flat, points far from the data, constraints that "
-            "contradict each other) or the primal step too small to follow. Try a smaller "
-            "margin, points nearer the data, or a larger primal learning rate; the growing "
-            "weight pulls the fit away from the data.",
-        )
+        return health("runaway", _runaway_advice(viol, v0, v1, numbers_text, estimated))
     if has_multiplier and m1 == 0:
+        if mean_read or equality:
+            advice = (
+                "The dual sees this positive violation yet the multiplier never moved: its "
+                "dual step size is zero (dual_lr=0 for it) or the multiplier is not stepped. "
+                "Give it a positive dual_lr."
+            )
+        else:
+            options = (
+                "reduction='pointwise' (one multiplier per point)"
+                if estimated
+                else "the default reduction='mean_hinge' or 'max' (whose dual sees the worst "
+                "point) or 'pointwise' to enforce every point"
+            )
+            advice = (
+                "The dual sees an aggregate that is met (e.g. the mean over points for "
+                f"reduction='mean') while the worst point is not: use {options}, or bound the "
+                "mean if the mean is what you meant."
+            )
         return health(
             "violated",
-            f"still violated at the end with a zero multiplier; {numbers_text}. The dual sees "
-            "an aggregate that is met (e.g. the mean over points for reduction='mean') while "
-            "the worst point is not: use the default reduction='mean_hinge' or 'max' (whose "
-            "dual sees the worst point) or 'pointwise' to enforce every point.",
+            f"still violated at the end with a zero multiplier; {numbers_text}. {advice}",
         )
     return health(
         "violated",
         f"still violated at the end and its multiplier is steady; {numbers_text}. A fixed "
         "penalty or a multiplier in balance with the loss does not guarantee the "
         "constraint: raise dual_lr, or verify the model and train on its counterexamples.",
+    )
+
+
+def _runaway_advice(
+    viol: list[float], v0: float, v1: float, numbers_text: str, estimated: bool
+) -> str:
+    """What a rising multiplier means, from how the violation behaved meanwhile."""
+    spread = max(viol) - min(viol)
+    if spread <= 1e-9 * max(1.0, abs(v1)):
+        return (
+            f"the multiplier keeps rising while the violation does not move at all; "
+            f"{numbers_text}. The weights cannot change this constraint: check that the "
+            "primal optimizer holds the model's parameters with a learning rate above zero "
+            "and that none is frozen, and that the constraint is computed from the model "
+            "(not detached)."
+        )
+    if v1 < v0:
+        return (
+            f"the multiplier keeps rising while the violation falls too slowly; "
+            f"{numbers_text}. The primal step is too small to follow the dual: raise the "
+            "primal learning rate or lower dual_lr, or train longer."
+        )
+    noise = (
+        " The values are random estimates: more samples= make each step less noisy."
+        if estimated
+        else ""
+    )
+    return (
+        f"the multiplier keeps rising while the violation does not fall; {numbers_text}. "
+        "The constraint is likely unreachable where it is enforced (a margin at points where "
+        "a ReLU net is flat, points far from the data, constraints that contradict each "
+        "other): relax the margin or bound, enforce it nearer the data, or drop one of the "
+        f"conflicting constraints; the growing weight pulls the fit away from the data.{noise}"
     )

@@ -6,7 +6,8 @@ scalar: grouped constraints are what keeps Cooper fast), holding
 
 * a ``DenseMultiplier`` with one entry per constrained component (aggregate reductions) or
   an ``IndexedMultiplier`` with one entry per point and component (``"pointwise"``),
-  created in the model's dtype and device (Cooper defaults to float32);
+  created on the model's device, in float32 or the model's dtype if wider (a bf16 or
+  fp16 model keeps float32 multipliers);
 * Cooper's ``Lagrangian``, ``AugmentedLagrangian`` or ``QuadraticPenalty`` formulation.
 
 Per batch, :meth:`DerivativeProblem.compute_cmp_state` runs the model once on the batch,
@@ -39,8 +40,17 @@ from constrained_grad.constraints.points import check_batch_index
 from constrained_grad.derivatives import evaluate
 from constrained_grad.derivatives._common import unwrap_compiled
 from constrained_grad.derivatives.bounds import cell_values, network_layers
+from constrained_grad.derivatives.diagnostics import (
+    CONSTRAINT_CUT_HINT,
+    LOSS_CUT_HINT,
+    check_depends_on_parameters,
+)
 from constrained_grad.derivatives.engine import DerivativeValues, constraint_violations
-from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
+from constrained_grad.derivatives.model_info import (
+    dtype_and_device,
+    output_shape,
+    piecewise_linear_layers,
+)
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 from constrained_grad.problem.batch import Batch, as_batch
 from constrained_grad.problem.sync import RankSync
@@ -138,6 +148,11 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputValidationError(f"{who}: seed must be an int (got {seed!r}).")
+        if not -(2**63) <= seed < 2**64:
+            raise InputValidationError(
+                f"{who}: seed must fit in 64 bits, [-2**63, 2**64) (got {seed!r}). "
+                "Pass seed % 2**64."
+            )
         if constraints is None:
             constraints = ()
         if isinstance(constraints, DerivativeConstraint) or not isinstance(constraints, Iterable):
@@ -168,6 +183,12 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 model = unwrap_compiled(model)
             else:
                 break
+        if dtype_and_device(model)[1].type == "meta":
+            raise InputValidationError(
+                f"{who}: the model's parameters are on the meta device (got device='meta'): "
+                "they hold no values to train. Materialise them first, e.g. "
+                "model.to_empty(device='cpu') then initialise or load the weights."
+            )
         self.model = model
         self.loss_fn = loss
         self.column_method = column_method
@@ -176,10 +197,17 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         self.in_shape, self.out_shape = infer_dims(model, example_input, input_shape)
         self.n_inputs, self.n_outputs = math.prod(self.in_shape), math.prod(self.out_shape)
         self.dtype, self.device = dtype_and_device(model)
+        #: multipliers and dual state: float32 or wider whatever the model's dtype (in bf16,
+        #: dual steps below a multiplier's resolution, 2**-8 of it, would be lost)
+        self.multiplier_dtype = torch.promote_types(self.dtype, torch.float32)
 
         self.specs: dict[str, DerivativeConstraint] = {}
         counts: dict[str, int] = {}
-        for c in constraints:
+        kinks = piecewise_linear_layers(model)
+        for declared in constraints:
+            # a declaration already bound (by another problem, or verify) is resolved as a
+            # copy, so sharing it never re-binds the first problem's constraint to this model
+            c = declared.unbound_copy() if declared.resolved else declared
             base = type(c).__name__.lower()
             name = c.name
             if name is None:
@@ -196,6 +224,15 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                     raise
                 # unnamed: say which of possibly several constraints of one kind failed
                 raise ConstraintSpecError(f"{name}: {err}") from err
+            if c.needs.second and kinks:
+                raise ConstraintSpecError(
+                    f"{name}: {type(c).__name__} constrains second derivatives, but the model "
+                    f"is piecewise linear (got {', '.join(kinks[:3])}"
+                    f"{', ...' if len(kinks) > 3 else ''}): its curvature is zero almost "
+                    "everywhere, so the constraint would read as met at every point while the "
+                    "fit need not be convex or concave. Use a smooth activation (nn.Softplus, "
+                    "nn.SiLU, nn.Tanh) in place of the kinked ones."
+                )
             if c.reduction == "pointwise" and not c.formulation.uses_multiplier:
                 raise ConstraintSpecError(
                     f"{name}: pointwise reduction needs a multiplier; "
@@ -221,6 +258,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
             else []
         )
         self.last_evals: dict[str, ConstraintEval] = {}
+        self._graph_checked = False  # loss and constraints reach the parameters (first step)
         #: data-parallel synchronisation (:meth:`distribute`); None in a single process
         self.sync: RankSync | None = None
         #: constraints whose points were too few to split across ranks on the last step
@@ -229,7 +267,7 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
 
     # -- construction ----------------------------------------------------------------------
     def _make_cooper_constraint(self, c: DerivativeConstraint) -> cooper.Constraint:
-        dtype, device = self.dtype, self.device
+        dtype, device = self.multiplier_dtype, self.device
         ctype = (
             cooper.ConstraintType.EQUALITY
             if c.effective_kind == "equality"
@@ -318,6 +356,8 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
                 values = self._values_for(source, b, x, outputs, names, create_graph, reuse_points)
                 for name in names:
                     evaluated.append((name, self.specs[name].violations(values, b), values))
+            if create_graph and not self._graph_checked:
+                self._check_graph(loss, evaluated)
             if self.sync is not None:  # data-parallel: values of the global batch
                 self.sync.exchange(loss, {name: g for name, g, _ in evaluated})
                 if loss is not None:
@@ -329,6 +369,24 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
         return cooper.CMPState(
             loss=loss, observed_constraints=observed, misc={"outputs": outputs.detach()}
         )
+
+    def _check_graph(
+        self, loss: torch.Tensor | None, evaluated: list[tuple[str, torch.Tensor, Any]]
+    ) -> None:
+        """First step only: the loss and every constraint value must reach the parameters.
+
+        A loss computed from detached outputs, or a constraint whose function detaches its
+        derivative values, would otherwise train silently on the rest (one graph walk each).
+        """
+        params = list(self.model.parameters()) if isinstance(self.model, torch.nn.Module) else []
+        who = "DerivativeProblem"
+        if loss is not None:
+            check_depends_on_parameters(loss, params, who, what="the loss", hint=LOSS_CUT_HINT)
+        for name, g, _ in evaluated:
+            check_depends_on_parameters(
+                g, params, who, what=f"constraint {name!r}", hint=CONSTRAINT_CUT_HINT
+            )
+        self._graph_checked = True
 
     def _check_inputs(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or tuple(x.shape[1:]) != self.in_shape:
@@ -526,6 +584,8 @@ class DerivativeProblem(cooper.ConstrainedMinimizationProblem):
     ) -> cooper.ConstraintState:
         """Cooper's state of constraint ``name`` from its ``(B, C)`` violations ``g``."""
         c = self.specs[name]
+        if g.dtype != self.multiplier_dtype:  # bf16/fp16 models: violations meet the
+            g = g.to(self.multiplier_dtype)  # float32 multipliers in Cooper's products
         self.last_evals[name] = ConstraintEval(g.detach(), values.index, dict(values.paths))
         if c.reduction == "pointwise":
             if c.where.uses_batch:

@@ -32,6 +32,14 @@ def build_dual_optimizer(
         lr = problem.dual_lr_of(name, dual_lr)
         if lr == 0.0:
             continue
+        dtype = next(iter(multiplier.parameters())).dtype
+        biggest = torch.finfo(dtype).max
+        if lr > biggest:
+            raise InputValidationError(
+                f"fit: the dual step size of {name!r} does not fit its "
+                f"{dtype} multipliers (got {lr:g} > {biggest:.3g}). Use "
+                "a dual_lr of a sensible size (typically 1e-3 to 10)."
+            )
         groups.append({"params": list(multiplier.parameters()), "lr": lr, "name": name})
         names.append(name)
     if not groups:

@@ -133,6 +133,12 @@ class Trainer:
                 f"fit: backward must be a function (tensor) -> None or None "
                 f"(got {type(backward).__name__}). Pass e.g. a LightningModule's manual_backward."
             )
+        if history is not None and not isinstance(history, History):
+            raise InputValidationError(
+                f"fit: history must be a cg.History or None (got {type(history).__name__}). "
+                "Pass a previous run's result.history or History.load_json(path), or leave it "
+                "out for a new one."
+            )
         self.problem = problem
         self.primal_optimizer = primal_optimizer
         self._backward = backward if backward is not None else torch.Tensor.backward
@@ -146,6 +152,16 @@ class Trainer:
         # how diagnose() reads each constraint (signed equalities vs inequalities)
         self.history.meta.setdefault(
             "constraint_kinds", {n: c.effective_kind for n, c in problem.specs.items()}
+        )
+        # what each multiplier sees: a mean over points is read by its mean, not its max;
+        # "estimated" marks random estimates, whose max-type reductions are refused
+        self.history.meta.setdefault(
+            "constraint_reductions",
+            {
+                n: c.reduction
+                + ("/estimated" if getattr(c, "estimator", "exact") != "exact" else "")
+                for n, c in problem.specs.items()
+            },
         )
         last = self.history.last()  # a loaded CSVLogger(every=k) history has gaps in its steps
         self.step_count = 0 if last is None else int(last["step"]) + 1
@@ -801,7 +817,9 @@ def fit(
                     bar.update(1)
                     if trainer.step_count % 10 == 1:
                         bar.set_postfix(
-                            loss=f"{row[0]:.4g}", max_violation=f"{worst:.3g}", refresh=False
+                            loss="no loss" if problem.loss_fn is None else f"{row[0]:.4g}",
+                            max_violation=f"{worst:.3g}",
+                            refresh=False,
                         )
                 if eval_fn is not None and eval_every and trainer.step_count % eval_every == 0:
                     trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
@@ -899,6 +917,11 @@ def _progress(total: int | None, enabled: bool, initial: int = 0) -> Any:
 def _move(problem: DerivativeProblem, device: torch.device | str) -> None:
     try:
         dev = torch.device(device)
+        if dev.type == "meta":
+            raise InputValidationError(
+                "fit: cannot train on the meta device (got device='meta'): meta tensors "
+                "hold no values. Use 'cpu' or an available accelerator."
+            )
         if isinstance(problem.model, torch.nn.Module):
             problem.model.to(dev)
         problem.to(device=dev)

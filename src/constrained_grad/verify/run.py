@@ -44,7 +44,11 @@ from constrained_grad.constraints import (
 from constrained_grad.constraints.cells import Cells
 from constrained_grad.derivatives import evaluate
 from constrained_grad.derivatives.engine import constraint_violations, frozen_eval
-from constrained_grad.derivatives.model_info import dtype_and_device, output_shape
+from constrained_grad.derivatives.model_info import (
+    dtype_and_device,
+    output_shape,
+    piecewise_linear_layers,
+)
 from constrained_grad.errors import CertificationError, InputValidationError
 from constrained_grad.verify.interval import certify_interval, parse_smooth
 from constrained_grad.verify.milp import (
@@ -631,6 +635,14 @@ def _verify_one(
         ces += _counterexamples(res, c, model, kw["top_k"], tol)
     status = "violated" if worst > tol else "no violation found"
     certificate, note = "", ""
+    kinks = piecewise_linear_layers(model) if c.needs.second else []
+    if kinks and status != "violated":  # zero curvature a.e.: sampling cannot see the kinks
+        status = "unknown"
+        note = (
+            f"The model is piecewise linear ({', '.join(kinks[:3])}): its second derivatives "
+            "are zero almost everywhere and undefined at the kinks, so no sample can show a "
+            "curvature violation. Whether it is convex/concave is not decided here."
+        )
     certifier = kw["certifier"]
     if certifier is None and _certifiable(c):
         note = kw["no_certificate"]
