@@ -345,3 +345,26 @@ def test_verify_auto_reports_interval_violation_and_unknown() -> None:
     assert "layer 1 (SiLU)" in note["monotonic_0"].note
     with pytest.raises(CertificationError, match=r"layer 1 \(SiLU\)"):
         cg.verify(silu, [cg.Monotonic(inputs=[0])], box, samples=8, adversarial=False, certify=True)
+
+
+def test_huge_box_ends_in_a_verdict_not_a_crash() -> None:
+    """A ±1e20 box (reported to crash the branch and bound) ends in a verdict, and a monotone
+    net is never reported violated; heap ties are broken by a unique counter, never by
+    comparing nodes."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    with torch.no_grad():
+        net[0].weight.abs_()
+        net[2].weight.abs_()
+    big = 1e20
+    cert = cg.certify_interval(
+        net, [-big, -big], [big, big], input_index=0, lower=0.0, time_limit=2.0
+    )
+    assert cert.status in ("certified", "unknown")
+    bumpy = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+    cert = cg.certify_interval(
+        bumpy, [-big, -big], [big, big], input_index=0, lower=0.0, max_boxes=2000
+    )
+    assert cert.status in ("certified", "violated", "unknown")
+    if cert.status == "violated":
+        assert cert.counterexample is not None
