@@ -108,7 +108,15 @@ def test_a_monotone_net_is_proved_and_the_proof_is_logged(grid: torch.Tensor) ->
     assert prover.proved_step == 12
     steps, certified = result.history.eval_series("proof/certified")
     assert steps == [5, 10, 12] and certified == [1.0, 1.0, 1.0]
-    assert result.history.meta["proof"] == {"status": "proved", "proved_step": 12, "checks": 3}
+    proof = result.history.meta["proof"]
+    assert {k: proof[k] for k in ("status", "proved_step", "checks")} == {
+        "status": "proved",
+        "proved_step": 12,
+        "checks": 3,
+    }
+    assert proof["cells"]["mono"]["cells"] == cells.n
+    assert proof["cells"]["mono"]["bound_holds"] == cells.n
+    assert proof["cells"]["mono"]["budget_exhausted"] is False
     steps, n = result.history.eval_series("cells/mono/cells")
     assert n[-1] == cells.n and 2 in steps  # cell statistics every log_every steps
     _, proved = result.history.eval_series("cells/mono/proved")
@@ -136,7 +144,8 @@ def test_without_restore_the_unproved_final_weights_stay_and_say_so(grid: torch.
     prover = cg.Prover(BOX, every=5, time_limit=10, restore=False)
     result = _fit(model, [prover, _At(5, _negate_output)], steps=12)
     assert prover.status == "not proved" and prover.proved_step == 5
-    assert result.history.meta["proof"] == {
+    proof = result.history.meta["proof"]
+    assert {k: proof[k] for k in ("status", "proved_step", "checks")} == {
         "status": "not proved",
         "proved_step": None,
         "checks": 3,
@@ -165,7 +174,8 @@ def test_nothing_proved_is_not_proved_and_the_weights_are_left_alone() -> None:
     assert prover.final_proved is False
     assert all(r["status"] == {"mono": "violated"} for r in prover.checks)
     assert result.history.eval_series("proof/certified")[1] == [0.0, 0.0, 0.0]
-    assert result.history.meta["proof"] == {
+    proof = result.history.meta["proof"]
+    assert {k: proof[k] for k in ("status", "proved_step", "checks")} == {
         "status": "not proved",
         "proved_step": None,
         "checks": 3,
