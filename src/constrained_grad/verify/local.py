@@ -32,11 +32,9 @@ from constrained_grad.constraints import Box, DerivativeConstraint
 from constrained_grad.constraints.domain import as_box
 from constrained_grad.derivatives.engine import frozen_eval
 from constrained_grad.errors import CertificationError, InputValidationError
-from constrained_grad.verify.interval import certify_interval
 from constrained_grad.verify.milp import (
     Certificate,
     _AutogradOracle,
-    _certify_pair,
     _check_time_limit,
     _check_tol,
     _encode,
@@ -49,6 +47,8 @@ from constrained_grad.verify.run import (
     _Budget,
     _certifiable,
     _certifier,
+    _interval_on,
+    _milp_on,
     _model_dims,
     _out_of_time,
     _sides,
@@ -312,68 +312,23 @@ def _decide(
     if time_limit is not None and time_limit < _MIN_SOLVE:
         return _out_of_time(j, i, side, bound, method)
     lower, upper = (bound, None) if side == "lower" else (None, bound)
-    if prep is not None:
-        # a line is one-dimensional: interval branch and bound usually decides it in a few
-        # dozen segments; the MILP takes what the intervals leave undecided
-        start = time.perf_counter()
-        quick = certify_interval(
-            model,
-            line.low,
-            line.high,
-            input_index=j,
-            output_index=i,
-            lower=lower,
-            upper=upper,
-            fixed=line.fixed or None,
-            categorical=line.categorical or None,
-            one_hot=line.one_hot or None,
-            time_limit=None if time_limit is None else time_limit / 2,
-            max_boxes=min(max_boxes, _LINE_BOXES),
-        )
-        if quick.status != "unknown":
-            return quick
-        if time_limit is not None:
-            time_limit -= time.perf_counter() - start
-            if time_limit < _MIN_SOLVE:
-                return _out_of_time(j, i, side, bound, method)
     if prep is None:
-        return certify_interval(
-            model,
-            line.low,
-            line.high,
-            input_index=j,
-            output_index=i,
-            lower=lower,
-            upper=upper,
-            fixed=line.fixed or None,
-            categorical=line.categorical or None,
-            one_hot=line.one_hot or None,
-            time_limit=time_limit,
-            max_boxes=max_boxes,
-        )
+        return _interval_on(model, line, j, i, lower, upper, time_limit, max_boxes)
+    # a line is one-dimensional: interval branch and bound usually decides it in a few dozen
+    # segments; the MILP takes what the intervals leave undecided
     start = time.perf_counter()
-    on_line = _Prepared(prep.layers, line, prep.n_outputs, prep.oracle)
-    enc = _encode(prep.layers, line, j, "ibp")
-    encode_time = time.perf_counter() - start
+    share = None if time_limit is None else time_limit / 2
+    quick = _interval_on(model, line, j, i, lower, upper, share, min(max_boxes, _LINE_BOXES))
+    if quick.status != "unknown":
+        return quick
     if time_limit is not None:
-        time_limit -= encode_time
+        time_limit -= time.perf_counter() - start
         if time_limit < _MIN_SOLVE:
             return _out_of_time(j, i, side, bound, method)
-    cert = _certify_pair(
-        on_line,
-        j,
-        i,
-        lower,
-        upper,
-        tol=1e-6,
-        tighten="ibp",
-        time_limit=time_limit,
-        mip_rel_gap=1e-6,
-        mode="decide",
-        enc=enc,
+    on_line = _Prepared(prep.layers, line, prep.n_outputs, prep.oracle)
+    return _milp_on(
+        on_line, lambda: _encode(prep.layers, line, j, "ibp"), j, i, side, bound, time_limit
     )
-    cert.encode_time = encode_time
-    return cert
 
 
 def _local_check(

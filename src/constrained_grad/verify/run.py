@@ -238,47 +238,83 @@ class _Certifier:
         if time_limit is not None and time_limit < _MIN_SOLVE:
             return _out_of_time(j, i, side, bound, self.method)
         lower, upper = (bound, None) if side == "lower" else (None, bound)
-        box = self.box
         if self.prep is None:
-            return certify_interval(
-                self.model,
-                box.low,
-                box.high,
-                input_index=j,
-                output_index=i,
-                lower=lower,
-                upper=upper,
-                time_limit=time_limit,
-                max_boxes=self.max_boxes,
-                fixed=box.fixed or None,
-                categorical=box.categorical or None,
-                one_hot=box.one_hot or None,
-                cells=self.cells,
+            return _interval_on(
+                self.model, self.box, j, i, lower, upper, time_limit, self.max_boxes, self.cells
             )
-        start = time.perf_counter()
-        enc = self.encodings.get(j)
-        if enc is None:
-            enc = self.encodings[j] = _encode(self.prep.layers, self.prep.box, j, "ibp")
-        encode_time = time.perf_counter() - start
-        if time_limit is not None:
-            time_limit -= encode_time
-            if time_limit < _MIN_SOLVE:
-                return _out_of_time(j, i, side, bound, self.method)
-        cert = _certify_pair(
-            self.prep,
-            j,
-            i,
-            lower,
-            upper,
-            tol=1e-6,
-            tighten="ibp",
-            time_limit=time_limit,
-            mip_rel_gap=1e-6,
-            mode="decide",
-            enc=enc,
-        )
-        cert.encode_time = encode_time
-        return cert
+        prep = self.prep
+
+        def encoding() -> _Encoding:
+            if j not in self.encodings:
+                self.encodings[j] = _encode(prep.layers, prep.box, j, "ibp")
+            return self.encodings[j]
+
+        return _milp_on(prep, encoding, j, i, side, bound, time_limit)
+
+
+def _interval_on(
+    model: torch.nn.Module,
+    box: Box,
+    j: int,
+    i: int,
+    lower: float | None,
+    upper: float | None,
+    time_limit: float | None,
+    max_boxes: int,
+    cells: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> Certificate:
+    """Interval branch and bound of one (input, output) pair over ``box``."""
+    return certify_interval(
+        model,
+        box.low,
+        box.high,
+        input_index=j,
+        output_index=i,
+        lower=lower,
+        upper=upper,
+        time_limit=time_limit,
+        max_boxes=max_boxes,
+        fixed=box.fixed or None,
+        categorical=box.categorical or None,
+        one_hot=box.one_hot or None,
+        cells=cells,
+    )
+
+
+def _milp_on(
+    prep: _Prepared,
+    encoding: Any,
+    j: int,
+    i: int,
+    side: str,
+    bound: float,
+    time_limit: float | None,
+) -> Certificate:
+    """The exact MILP of one side of one pair over ``prep.box``; ``encoding()`` builds (or
+    reuses) the encoding, whose time counts against ``time_limit``."""
+    lower, upper = (bound, None) if side == "lower" else (None, bound)
+    start = time.perf_counter()
+    enc = encoding()
+    encode_time = time.perf_counter() - start
+    if time_limit is not None:
+        time_limit -= encode_time
+        if time_limit < _MIN_SOLVE:
+            return _out_of_time(j, i, side, bound, "milp")
+    cert = _certify_pair(
+        prep,
+        j,
+        i,
+        lower,
+        upper,
+        tol=1e-6,
+        tighten="ibp",
+        time_limit=time_limit,
+        mip_rel_gap=1e-6,
+        mode="decide",
+        enc=enc,
+    )
+    cert.encode_time = encode_time
+    return cert
 
 
 def _certify(
