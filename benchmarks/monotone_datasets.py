@@ -27,13 +27,17 @@ Methods:
 ``constrained``    the same MLP trained with :class:`constrained_grad.Monotonic` on every batch
                    (mean hinge), at ``--box-points`` uniform points of the data box and at
                    counterexamples (:class:`constrained_grad.Counterexamples`, pointwise
-                   multipliers, margin ``--margin``), Lagrangian formulation. Every
-                   ``--milp-every`` epochs the exact MILP of :func:`constrained_grad.verify` is
-                   run and its counterexamples are put into the same buffer. Checkpoints are
-                   eligible from half of the epochs on and only if no violation shows at the
-                   validation points or the buffered counterexamples and the MILP certifies
-                   monotonicity on the box (``--eligible certify``; ``search``: a short
-                   sampling + adversarial search instead).
+                   multipliers, margin ``--margin``), Lagrangian formulation. A
+                   :class:`constrained_grad.Prover` runs the exact MILP every
+                   ``--milp-every`` epochs (``--select-time-limit`` seconds), feeds its
+                   counterexamples to that source, and keeps the proved state with the best
+                   validation score (none proved: the run is not eligible).
+``certified``      certified training: a ``--certified-hidden`` (default 64-64) ReLU MLP with
+                   ``Monotonic`` on every batch (margin ``--margin``) and over
+                   :class:`constrained_grad.Cells` of the box (a sound bound of the derivative
+                   on each cell, one multiplier per cell, refined where violated), AdamW with
+                   cosine decay; a ``Prover`` certifies over the cells every ``--milp-every``
+                   epochs and keeps the proved state with the best validation score.
 ``lmn``            Lipschitz monotonic network (``monotonicnetworks`` package, GroupSort,
                    ``--lmn-hidden``, default 64-64), monotone by construction; skipped with a
                    message if the package is missing.
@@ -45,7 +49,8 @@ Methods:
 
 Every trained ReLU model is verified with :func:`constrained_grad.verify` over the box spanned
 by the standardised feature values of all rows (unlabelled feature ranges only), first by
-sampling + adversarial search, then by the exact MILP (``--time-limit`` seconds per MILP).
+sampling + adversarial search, then by the exact MILP (``--time-limit`` seconds per MILP);
+certified-trained nets by the interval certificate over their cells (``--time-limit``).
 ``max_violation`` is the largest derivative of the wrong sign found (standardised units, mpg or
 logit per standard deviation; ≤ 0 means none), ``certified`` is True (MILP proof), False (a
 violation was confirmed) or None (no proof within the time limit); the MILP seconds are kept.
@@ -63,6 +68,7 @@ import csv
 import functools
 import itertools
 import json
+import math
 import statistics
 import sys
 import time
@@ -77,13 +83,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import constrained_grad as cg
 import reference_learners as refs
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATASETS = ("auto-mpg", "heart", "compas")
-METHODS = ("unconstrained", "constrained", "lmn")  # nets trained by this script
+METHODS = ("unconstrained", "constrained", "certified", "lmn")  # nets trained by this script
 # how each method's monotonicity is known when it is not verified here
 NOT_VERIFIED = {
     "lmn": "by construction",
@@ -390,10 +397,11 @@ def grid(method: str, cfg: argparse.Namespace) -> list[Config]:
     common = list(itertools.product(cfg.lr, cfg.weight_decay))
     if method == "unconstrained":
         return [Config(h, lr, wd) for h in cfg.hidden for lr, wd in common]
-    if method == "constrained":
+    if method in ("constrained", "certified"):
+        widths = cfg.hidden if method == "constrained" else [cfg.certified_hidden]
         return [
             Config(h, lr, wd, m, dl)
-            for h in cfg.hidden
+            for h in widths
             for lr, wd in common
             for m in cfg.margin
             for dl in cfg.dual_lr
@@ -429,45 +437,6 @@ def val_score(model: nn.Module, split: Split, task: str) -> tuple[float, float]:
     return (acc, -bce)
 
 
-def val_violations(model: nn.Module, x: torch.Tensor, monotone: list[int], direction: str) -> int:
-    """Points of ``x`` where some monotone derivative has the wrong sign."""
-    model.eval()
-    cols = cg.jacobian_columns(model, x, monotone, create_graph=False)[:, 0, :]
-    model.train()
-    wrong = cols < 0 if direction == "increasing" else cols > 0
-    return int(wrong.any(dim=1).sum())
-
-
-def eligible(
-    model: nn.Module, table: Table, split: Split, source: Any, seed: int, cfg: argparse.Namespace
-) -> bool:
-    """Checkpoint eligibility from training-side information only (never the test rows): no
-    violation at the validation points or the buffered counterexamples, then either an exact
-    MILP certificate over the box (``--eligible certify``, cheap for one hidden layer) or no
-    violation found by a short sampling + adversarial search (``--eligible search``)."""
-    pts = torch.cat([split.x_val, source.buffer[: source.filled].float()])
-    if val_violations(model, pts, table.monotone, table.direction) > 0:
-        return False
-    if cfg.eligible == "certify":
-        return milp_feedback(model, table, split, source, cfg, seed=seed)
-    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
-    rep = cg.verify(
-        model, [con], split.box, samples=4096, starts=64, steps=50, certify=False, seed=seed + 1000
-    )
-    model.train()
-    return rep["monotone"].status == "no violation found"
-
-
-def feed(source: Any, points: list[list[float]]) -> None:
-    """Put exact (MILP) counterexamples into the training buffer of ``source``, so that the
-    pointwise constraint fixes them; when full, they overwrite the oldest-filled slots."""
-    for x in points:
-        slot = source.filled if source.filled < source.capacity else source.found % source.capacity
-        source.buffer[slot] = torch.tensor(x, dtype=torch.float64)
-        source.filled = min(source.filled + 1, source.capacity)
-        source.found += 1
-
-
 def certify_box(
     model: nn.Module,
     table: Table,
@@ -491,21 +460,6 @@ def certify_box(
     )["monotone"]
     model.train()
     return rep
-
-
-def milp_feedback(
-    model: nn.Module,
-    table: Table,
-    split: Split,
-    source: Any,
-    cfg: argparse.Namespace,
-    seed: int = 0,
-) -> bool:
-    """:func:`certify_box`, whose counterexamples go to the buffer of ``source`` (see
-    :func:`feed`). True iff monotonicity is certified."""
-    rep = certify_box(model, table, split, cfg, seed)
-    feed(source, [ce.x for ce in rep.counterexamples])
-    return rep.status == "certified"
 
 
 def test_selected_score(model: nn.Module, split: Split, task: str) -> float:
@@ -532,7 +486,48 @@ class Trained:
     eligible: bool  # False: no checkpoint passed the eligibility test (last state kept)
     seconds: float
     test_selected: float | None = None  # --test-selected diagnostic: best test score of any
-    # certified (constrained) / any (other methods) epoch; None when not asked for
+    # certified (constrained, certified) / any (other methods) epoch; None when not asked for
+    cells: int | None = None  # certified: cells of the final partition
+    spec: cg.Monotonic | None = None  # certified: the constraint over cells (its partition)
+
+
+def constraints_for(
+    method: str, table: Table, split: Split, seed: int, conf: Config, cfg: argparse.Namespace
+) -> tuple[list[cg.Monotonic], cg.Counterexamples | None]:
+    """The declared constraints of ``method`` (none for unconstrained / LMN), and the
+    counterexample source the Prover feeds (constrained only)."""
+    mono, direction = table.monotone, table.direction
+    if method == "constrained":
+        source = cg.Counterexamples(
+            split.box,
+            capacity=cfg.ce_capacity,
+            every=cfg.ce_every,
+            starts=cfg.ce_starts,
+            steps=cfg.ce_steps,
+            seed=seed,
+        )
+        cons = [
+            cg.Monotonic(mono, direction, name="on_batch"),
+            cg.Monotonic(
+                mono, direction, margin=conf.margin, where=source, reduction="pointwise",
+                name="monotone",
+            ),
+        ]  # fmt: skip
+        if cfg.box_points:
+            where = cg.InBox(split.box, n=cfg.box_points)
+            cons.append(
+                cg.Monotonic(mono, direction, margin=conf.margin, where=where, name="in_box")
+            )
+        return cons, source
+    if method == "certified":
+        cells = cg.Cells(
+            split.box, max_cells=cfg.max_cells, refine_every=cfg.refine_every, refine=cfg.refine
+        )
+        return [
+            cg.Monotonic(mono, direction, margin=conf.margin, name="on_batch"),
+            cg.Monotonic(mono, direction, where=cells, dual_lr=cfg.cells_dual_lr, name="monotone"),
+        ], None
+    return [], None
 
 
 def train(
@@ -544,9 +539,14 @@ def train(
     cfg: argparse.Namespace,
     test_selected: bool = False,
 ) -> Trained | None:
-    """Train one model; keep the checkpoint with the best validation score among the eligible
-    ones (constrained: from half of the epochs on, see :func:`eligible`). ``test_selected``:
-    also compute the ``--test-selected`` diagnostic. None: LMN missing."""
+    """Train one model and keep the checkpoint with the best validation score among the
+    eligible ones. Unconstrained / LMN: every epoch is eligible. Constrained / certified: a
+    :class:`constrained_grad.Prover` certifies the constraint named ``monotone`` every
+    ``--milp-every`` epochs (constrained: the exact MILP, its counterexamples fed to the
+    ``Counterexamples`` source; certified: the interval certificate over the constraint's
+    cells) and keeps the proved state with the best validation score; a run with no proved
+    check ends not eligible (last state kept). ``test_selected``: also compute the
+    ``--test-selected`` diagnostic. None: LMN missing."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     d = split.x_train.shape[1]
@@ -558,79 +558,86 @@ def train(
             return None
     else:
         model = mlp(d, conf.hidden)
-    constraints: list[cg.Monotonic] = []
-    source = None
-    if method == "constrained":
-        source = cg.Counterexamples(
-            split.box,
-            capacity=cfg.ce_capacity,
-            every=cfg.ce_every,
-            starts=cfg.ce_starts,
-            steps=cfg.ce_steps,
-            seed=seed,
-        )
-        constraints = [
-            cg.Monotonic(table.monotone, table.direction, name="on_batch"),
-            cg.Monotonic(
-                table.monotone,
-                table.direction,
-                margin=conf.margin,
-                where=source,
-                reduction="pointwise",
-                name="counterexamples",
-            ),
-        ]
-        if cfg.box_points:
-            constraints.append(
-                cg.Monotonic(
-                    table.monotone,
-                    table.direction,
-                    margin=conf.margin,
-                    where=cg.InBox(split.box, n=cfg.box_points),
-                    name="in_box",
-                )
-            )
+    constraints, source = constraints_for(method, table, split, seed, conf, cfg)
     problem = cg.DerivativeProblem(model, loss_fn(task), constraints, seed=seed)
-    opt = torch.optim.Adam(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
-    trainer = cg.Trainer(problem, opt, dual_lr=conf.dual_lr) if constraints else None
-    gen = torch.Generator().manual_seed(seed)
-    n = split.x_train.shape[0]
-    best: tuple[float, float] | None = None
-    best_state = copy.deepcopy(model.state_dict())
-    oracle: float | None = None
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i : i + cfg.batch_size]
-            batch = (split.x_train[idx], split.y_train[idx])
-            if trainer is not None:
-                trainer.step(batch, epoch=epoch)
-            else:
-                opt.zero_grad()
-                loss_fn(task)(model(batch[0]), batch[1]).backward()
-                opt.step()
-        if method == "constrained" and cfg.milp_every and (epoch + 1) % cfg.milp_every == 0:
-            milp_feedback(model, table, split, source, cfg)
+    loader = DataLoader(
+        TensorDataset(split.x_train, split.y_train),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    steps = cfg.epochs * len(loader)
+    callbacks: list[Any] = []
+    if method == "certified":  # cosine decay to 0: the weights settle on a proved state
+        opt: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))
+        )
+        callbacks.append(lambda _: sched.step())
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=conf.lr, weight_decay=conf.weight_decay)
+
+    def score(m: nn.Module) -> float:  # the Prover's: lower is better
+        acc, tie = val_score(m, split, task)
+        return -(acc + 1e-3 * tie)
+
+    prover = None
+    if constraints:
+        prover = cg.Prover(
+            split.box,
+            every=max(1, cfg.milp_every) * len(loader),
+            constraints=["monotone"],
+            time_limit=cfg.select_time_limit if method == "constrained" else cfg.prove_time_limit,
+            samples=1024 if method == "constrained" else 0,
+            feed=source,
+            score=score,
+            restore=True,
+        )
+        callbacks.append(prover)
+    # unconstrained / LMN: the best epoch on validation
+    best: dict[str, Any] = {"score": None, "state": None, "oracle": None}
+
+    def per_epoch(info: Any) -> None:
+        if info.step % len(loader):
+            return
+        if prover is None:
+            got = val_score(model, split, task)
+            if best["score"] is None or got > best["score"]:
+                best["score"], best["state"] = got, copy.deepcopy(model.state_dict())
         if test_selected and (
-            method != "constrained"
-            or certify_box(model, table, split, cfg, seed).status == "certified"
+            prover is None or certify_box(model, table, split, cfg, seed).status == "certified"
         ):  # diagnostic: nothing is fed back, the training is the same as without it
-            got = test_selected_score(model, split, task)
+            got_t = test_selected_score(model, split, task)
             better = min if task == "regression" else max
-            oracle = got if oracle is None else better(oracle, got)
-        if method == "constrained" and epoch < cfg.epochs // 2:
-            continue
-        score = val_score(model, split, task)
-        if best is not None and score <= best:
-            continue
-        if method == "constrained" and not eligible(model, table, split, source, seed, cfg):
-            continue
-        best, best_state = score, copy.deepcopy(model.state_dict())
-    if best is not None:
-        model.load_state_dict(best_state)
+            best["oracle"] = got_t if best["oracle"] is None else better(best["oracle"], got_t)
+
+    cg.fit(
+        problem,
+        loader,
+        opt,
+        dual_lr=conf.dual_lr or 1.0,
+        epochs=cfg.epochs,
+        callbacks=[*callbacks, per_epoch],
+        progress=False,
+    )
+    if prover is None and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    if prover is not None and prover.proved_state is not None:  # the best proved by score
+        model.load_state_dict(prover.proved_state)
+    ok = prover is None or prover.status == "proved"
     model.eval()
-    final = best if best is not None else val_score(model, split, task)
-    return Trained(model, final, best is not None, time.perf_counter() - t0, oracle)
+    cells = constraints[-1].where if method == "certified" else None
+    return Trained(
+        model,
+        val_score(model, split, task),
+        ok,
+        time.perf_counter() - t0,
+        best["oracle"],
+        cells.n if isinstance(cells, cg.Cells) else None,
+        constraints[-1] if method == "certified" else None,
+    )
 
 
 def search_box(
@@ -664,6 +671,23 @@ def check(
     return viol, {"certified": True, "violated": False}.get(proof.status), secs
 
 
+def check_cells(
+    model: nn.Module, spec: cg.Monotonic, split: Split, cfg: argparse.Namespace, seed: int
+) -> tuple[float | None, bool | None, float]:
+    """Certify a net trained over cells: ``cg.verify(certify=True)`` on its constraint over
+    ``cg.Cells``, whose partition seeds the interval certificate (float64, branch and bound
+    further where needed); (max violation, certified, certificate seconds)."""
+    t0 = time.perf_counter()
+    rep = cg.verify(
+        model, [spec], split.box, samples=cfg.verify_samples, starts=cfg.verify_starts,
+        steps=cfg.verify_steps, certify=True, time_limit=cfg.time_limit, seed=seed,
+        progress=False,
+    )[spec.name]  # fmt: skip
+    model.eval()
+    status = {"certified": True, "violated": False}.get(rep.status)
+    return rep.max_violation, status, time.perf_counter() - t0
+
+
 def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any]]) -> dict:
     """One record per (dataset, protocol, method): mean ± std over seeds and verification."""
     scores = [r["test"] for r in runs]
@@ -692,6 +716,8 @@ def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any
         "certified_runs": f"{sum(c is True for c in certs)}/{len(certs)}",
         "seeds": len(scores),
         "milp_seconds_max": max(milp) if milp else None,
+        "cells_max": max((r.get("cells") or 0 for r in runs), default=0) or None,
+        "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
         "grid_size": runs[0]["grid_size"],
         "test_selected_mean": statistics.fmean(oracle) if oracle else None,
         "test_selected_std": statistics.stdev(oracle) if len(oracle) > 1 else None,
@@ -842,9 +868,11 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
             milp_s: float | None
             if method == "lmn":  # monotone by construction; not Linear+ReLU
                 viol, cert, milp_s = None, None, None
+            elif got.spec is not None:  # certified: the certificate over its cells
+                viol, cert, milp_s = check_cells(got.model, got.spec, split, cfg, seed)
             else:
                 viol, cert, milp_s = check(got.model, train_t, split, cfg, seed)
-            common = {"config": conf.label(), "grid_size": n_grid}
+            common = {"config": conf.label(), "grid_size": n_grid, "cells": got.cells}
             record(
                 method,
                 seed,
@@ -1033,20 +1061,28 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ce-starts", type=int, default=64)
     p.add_argument("--ce-steps", type=int, default=20)
     p.add_argument(
-        "--eligible",
-        choices=("certify", "search"),
-        default="certify",
-        help="constrained checkpoints must be MILP-certified (default) or pass a short search",
+        "--certified-hidden",
+        type=widths,
+        default=(64, 64),
+        help="certified: hidden widths (default 64,64)",
+    )
+    p.add_argument(
+        "--prove-time-limit", type=float, default=10.0, help="certified: seconds per Prover check"
+    )
+    p.add_argument("--max-cells", type=int, default=64, help="certified: cell budget")
+    p.add_argument("--refine-every", type=int, default=25, help="certified: steps per refine")
+    p.add_argument("--refine", type=int, default=4, help="certified: cells split per round")
+    p.add_argument(
+        "--cells-dual-lr", type=float, default=0.05, help="certified: dual step of the cells"
     )
     p.add_argument(
         "--milp-every",
         type=int,
         default=5,
-        help="constrained: every N epochs, feed MILP counterexamples to training (0: never)",
+        help="constrained / certified: a cg.Prover certifies every N epochs (constrained: MILP, "
+        "counterexamples fed back; certified: over the cells) and keeps the best proved state",
     )
-    p.add_argument(
-        "--select-time-limit", type=float, default=2.0, help="seconds per MILP in selection"
-    )
+    p.add_argument("--select-time-limit", type=float, default=2.0, help="seconds per Prover check")
     p.add_argument("--verify-samples", type=int, default=None)
     p.add_argument("--verify-starts", type=int, default=64)
     p.add_argument("--verify-steps", type=int, default=50)

@@ -43,17 +43,8 @@ def test_grid_is_the_product_of_the_relevant_options() -> None:
     assert len(md.grid("constrained", cfg)) == 2 * n_common * 2 * len(cfg.dual_lr)
     assert len(md.grid("lmn", cfg)) == n_common * len(cfg.lipschitz)
     single = md.parse([])
-    assert [len(md.grid(m, single)) for m in md.METHODS] == [1, 1, 1]
-
-
-def test_feed_fills_then_overwrites_the_buffer() -> None:
-    source = cg.Counterexamples(cg.Box([0.0, 0.0], [1.0, 1.0]), capacity=2)
-    md.feed(source, [[0.1, 0.2], [0.3, 0.4]])
-    assert source.filled == 2
-    md.feed(source, [[0.5, 0.6]])  # full: the oldest slot is overwritten
-    assert source.filled == 2
-    expected = torch.tensor([[0.5, 0.6], [0.3, 0.4]], dtype=torch.float64)
-    assert torch.equal(source.buffer, expected)
+    assert [len(md.grid(m, single)) for m in md.METHODS] == [1, 1, 1, 1]
+    assert md.grid("certified", single)[0].hidden == (64, 64)
 
 
 def _table(n: int = 53, task: str = "regression") -> object:
@@ -185,3 +176,23 @@ def test_one_hot_domain_box_draws_the_standardised_categories() -> None:
     drawn = split.box.sample(200, generator=rng, dtype=torch.float64)[:, 1:]
     assert {tuple(r) for r in drawn.round(decimals=5).tolist()} <= rows
     assert md.parse(["--one-hot-domain"]).one_hot_domain and not md.parse([]).one_hot_domain
+
+
+@pytest.mark.slow  # ~15 s of training
+def test_certified_method_ends_proved_by_the_public_prover() -> None:
+    """A short certified run (Cells + cg.Prover) ends eligible, i.e. proved; the certificate
+    over its cells agrees, and float64 autograd finds no decreasing slope at dense points."""
+    table = _table(53)  # y = 2 a + 5: increasing in feature 0
+    split = md.make_split(table, None, seed=0)
+    cfg = md.parse(["--epochs", "40", "--certified-hidden", "16,16", "--milp-every", "1"])
+    conf = md.grid("certified", cfg)[0]
+    got = md.train("certified", table, split, 0, conf, cfg)
+    assert got is not None and got.eligible and got.spec is not None
+    assert got.cells is not None and got.cells >= 1
+    _, cert, _ = md.check_cells(got.model, got.spec, split, cfg, seed=0)
+    assert cert is True
+    net = got.model.double()
+    x = split.box.sample(4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(x).sum(), x)
+    assert float(grad[:, 0].min()) >= 0.0
