@@ -165,6 +165,19 @@ def test_the_best_scoring_proved_state_is_kept() -> None:
     assert at10.state is not None and _same_state(model.state_dict(), at10.state)
 
 
+def test_with_a_score_a_better_earlier_proved_state_beats_proved_final_weights() -> None:
+    """The final weights are proved too, but scored worse: the best proved state wins."""
+    model = _positive_net()
+    scores = iter([3.0, 1.0, 2.0])  # the proved checks of steps 5, 10 and the final step 12
+    prover = cg.Prover(BOX, every=5, time_limit=10, score=lambda m: next(scores))
+    at10 = _At(10, lambda m: m[4].weight.mul_(2.0))  # still positive: still proved
+    result = _fit(model, [prover, at10], steps=12)
+    assert [c["proved"] for c in prover.checks] == [True, True, True]  # steps 5, 10, 12
+    assert prover.proved_step == 10 and prover.status == "proved"
+    assert at10.state is not None and _same_state(model.state_dict(), at10.state)
+    assert result.history.meta["proof_restored_step"] == 10
+
+
 def test_nothing_proved_is_not_proved_and_the_weights_are_left_alone() -> None:
     model = _decreasing_net()
     prover = cg.Prover(BOX, every=4, time_limit=10)

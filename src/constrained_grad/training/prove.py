@@ -56,7 +56,8 @@ class Prover:
         score: ``score(model) -> float``, lower is better (e.g. validation loss): keep the
             best proved state instead of the last.
         restore: at the end of the fit, load the kept proved state into the model when the
-            final weights are not proved.
+            final weights are not proved (with ``score``: also when an earlier proved state
+            scored better than the final weights).
         stop_when_proved: stop the fit at the first proved check.
         log_every: steps between cell statistics in the history (constraints over cells).
 
@@ -153,7 +154,10 @@ class Prover:
         if proved is None:
             proved = self.check(problem, history, step)
         self.final_proved = proved
-        if not proved and self.restore and self.proved_state is not None:
+        # restore the kept proved state when the final weights are not proved, or, with a
+        # score, when an earlier proved state scored better than the final one
+        better_kept = self.score is not None and self.proved_step not in (None, step)
+        if self.restore and self.proved_state is not None and (not proved or better_kept):
             problem.model.load_state_dict(self.proved_state)
             self.final_proved = True
             history.meta["proof_restored_step"] = self.proved_step
