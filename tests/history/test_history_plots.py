@@ -146,8 +146,10 @@ def test_history_plot_without_loss_draws_lagrangian_only():
     h = History(["c"])
     for s in range(3):
         h.log_step(s, 0, 0.0, [math.nan, 1.0 + s] + [0.5] * 8)
-    labels = set(lines_by_label(plot_history(h).axes[0]))
-    assert labels == {"lagrangian"}
+    ax = plot_history(h).axes[0]
+    assert set(lines_by_label(ax)) == {"lagrangian"}
+    assert "no loss" in ax.get_title()  # says so instead of an empty NaN series
+    assert "no loss" not in plot_history(make_history()).axes[0].get_title()
 
 
 def test_png_and_svg_export(tmp_path):

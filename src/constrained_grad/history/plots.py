@@ -262,7 +262,8 @@ def plot_history(
                 drawn.append(loss)
             a.plot(xs, lag, color="tab:gray", linestyle="--", label="lagrangian")
             drawn.append(lag)
-            a.set_title("Objective")
+            has_loss = bool(np.any(np.isfinite(loss)))
+            a.set_title("Objective" if has_loss else "Objective (no loss: constraints only)")
             a.set_ylabel("value")
         elif panel == "multipliers":
             for n in names:
