@@ -32,7 +32,12 @@ from typing import Any
 import torch
 
 from constrained_grad.constraints.domain import Box
-from constrained_grad.constraints.points import PointSource, check_box_width, positive_int
+from constrained_grad.constraints.points import (
+    PointSource,
+    check_box_width,
+    positive_int,
+    subset_ids,
+)
 from constrained_grad.errors import ConstraintSpecError, InputValidationError
 
 #: ``(lo, hi) -> (N, C)`` violations of a constraint over N cells (no autograd graph)
@@ -145,9 +150,7 @@ class Cells(PointSource):
         self, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(lo, hi, ids)`` of the cells evaluated this step (all, or ``batch_size``)."""
-        ids = torch.arange(self.n)
-        if self.batch_size is not None and self.batch_size < self.n:
-            ids = torch.randperm(self.n, generator=generator)[: self.batch_size]
+        ids = subset_ids(self.n, self.batch_size, generator)
         return self.lo[ids], self.hi[ids], ids
 
     def points(

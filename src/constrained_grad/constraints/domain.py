@@ -419,6 +419,17 @@ class Box:
                 f"feature of the box (got {got}). Pass rows of the model's inputs."
             )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The domain as plain data (for reports): dim, bounds, fixed, categorical, one-hot."""
+        return {
+            "dim": self.dim,
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "fixed": self.fixed,
+            "categorical": self.categorical,
+            "one_hot": [list(g) for g in self.one_hot],
+        }
+
     def __repr__(self) -> str:
         extra = f", one_hot={[list(g) for g in self.one_hot]}" if self.one_hot else ""
         return f"Box(low={self.low.tolist()}, high={self.high.tolist()}{extra})"

@@ -572,14 +572,7 @@ def verify(
             )
     return VerificationReport(
         reports,
-        {
-            "dim": domain.dim,
-            "low": domain.low.tolist(),
-            "high": domain.high.tolist(),
-            "fixed": domain.fixed,
-            "categorical": domain.categorical,
-            "one_hot": [list(g) for g in domain.one_hot],
-        },
+        domain.to_dict(),
         float(tol),
         time.perf_counter() - t0,
     )
