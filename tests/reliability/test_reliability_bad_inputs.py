@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import constrained_grad as cg
+from constrained_grad.derivatives.bounds import column_bounds, network_layers
 from constrained_grad.errors import (
     CertificationError,
     CheckpointError,
@@ -588,6 +589,19 @@ CASES: dict[str, Case] = {
         lambda c: _problem([_mono(where=cg.Cells(VERIFY_BOX))], model=_model(act=nn.GELU)),
         CertificationError,
         r"mono: layer 1 \(GELU\) cannot be bounded",
+    ),
+    "cells_splits_not_a_list": (
+        lambda c: cg.Cells(VERIFY_BOX, splits="2"),
+        ConstraintSpecError,
+        r"Cells: splits must be an int or a list of ints.*\(got '2'\)",
+    ),
+    "bounds_column_out_of_range": (
+        lambda c: column_bounds(
+            network_layers(_model(), D, who="t"), torch.zeros(1, D), torch.ones(1, D), [D]
+        ),
+        InputValidationError,
+        r"column_bounds: inputs must be a non-empty list of column indices in \[0, 3\) "
+        r"\(got \[3\]\)",
     ),
     "cells_box_nan": (
         lambda c: cg.Cells(cg.Box([float("nan"), 0.0, 0.0], [1.0] * D)),

@@ -107,6 +107,11 @@ class Cells(PointSource):
         free = box.continuous_free
         if isinstance(splits, int):
             per = [splits] * len(free)
+        elif isinstance(splits, (str, bytes)) or not isinstance(splits, Sequence):
+            raise ConstraintSpecError(
+                f"{who}: splits must be an int or a list of ints, one per continuous free "
+                f"feature (got {splits!r})."
+            )
         else:
             per = list(splits)
             if len(per) != len(free):

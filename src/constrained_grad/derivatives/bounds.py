@@ -370,6 +370,13 @@ def column_bounds(
         (0.42, 1.0)
     """
     _check_box(lo, hi, layers, who)
+    d = lo.shape[1]
+    bad = [j for j in inputs if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < d]
+    if bad or not inputs:
+        raise InputValidationError(
+            f"{who}: inputs must be a non-empty list of column indices in [0, {d}) (got "
+            f"{list(inputs)!r}). Name the input features whose derivative to bound."
+        )
     if sound and lo.dtype != torch.float64:
         raise InputValidationError(
             f"{who}: sound bounds need float64 boxes and weights (got {lo.dtype}). Pass "
