@@ -144,7 +144,10 @@ class Cells(PointSource):
             self.lo[self.n], self.hi[self.n] = lo, hi
             self.n += 1
         #: last violation (worst component) of each cell, NaN if not evaluated yet
-        self.last = torch.full((self.max_cells,), math.nan, dtype=torch.float64)
+        self._last = torch.full((self.max_cells,), math.nan, dtype=torch.float64)
+        # the same on the model's device, written each step without a host sync; copied to
+        # _last only when read (statistics, refinement, state)
+        self._device_last: torch.Tensor | None = None
         self.steps = 0
         self.splits_done = 0
         self.exhausted = False  # a refinement round wanted more cells than the budget
@@ -185,8 +188,21 @@ class Cells(PointSource):
         self._fns.append(fn)
 
     def observe(self, ids: torch.Tensor, worst: torch.Tensor) -> None:
-        """Record each evaluated cell's worst violation (``(N,)``, slack included)."""
-        self.last[ids.cpu()] = worst.detach().to("cpu", torch.float64) - self.slack
+        """Record each evaluated cell's worst violation (``(N,)``, slack included), on the
+        evaluation's device: no host synchronisation on the training step."""
+        dev = self._device_last
+        if dev is None or dev.device != worst.device:
+            dtype = torch.float32 if worst.device.type == "mps" else torch.float64
+            dev = self._device_last = self._last.to(worst.device, dtype)
+        dev[ids.to(worst.device)] = worst.detach().to(dev.dtype) - self.slack
+
+    @property
+    def last(self) -> torch.Tensor:
+        """``(max_cells,)`` last violation of each cell's bound (without the slack; NaN for
+        cells not evaluated yet and unused slots)."""
+        if self._device_last is not None:
+            self._last.copy_(self._device_last.to("cpu", torch.float64))
+        return self._last
 
     @property
     def proved(self) -> int:
@@ -244,6 +260,7 @@ class Cells(PointSource):
                 "DerivativeBound constraint in a DerivativeProblem."
             )
         last = self.last[: self.n]
+        self._device_last = None  # refinement writes the children's bounds on the host
         order = torch.argsort(last, descending=True)
         todo = [int(k) for k in order[: self.refine] if last[k] > -self.slack]
         cands = {k: self._children(k) for k in todo}
@@ -276,7 +293,7 @@ class Cells(PointSource):
             ids = [k, *range(self.n, self.n + extra)]
             for r, cid in enumerate(ids):
                 self.lo[cid], self.hi[cid] = clo[r], chi[r]
-                self.last[cid] = float(v[best_start + r]) - self.slack
+                self._last[cid] = float(v[best_start + r]) - self.slack
             self.n += extra
             self.splits_done += 1
             done.append((k, ids))
@@ -306,8 +323,9 @@ class Cells(PointSource):
             )
         self.lo.zero_()
         self.hi.zero_()
-        self.last.fill_(math.nan)
-        self.lo[:n], self.hi[:n], self.last[:n] = lo, hi, state["last"]
+        self._device_last = None
+        self._last.fill_(math.nan)
+        self.lo[:n], self.hi[:n], self._last[:n] = lo, hi, state["last"]
         self.n = n
         self.steps = int(state["steps"])
         self.splits_done = int(state["splits_done"])
