@@ -298,3 +298,26 @@ def test_bad_constraint_choices_are_refused_at_the_first_check() -> None:
     )
     with pytest.raises(InputValidationError, match="Prover: the problem has no Monotonic"):
         cg.Prover(BOX).check(norm_only, cg.History(["jac"]), 0)
+
+
+def test_by_default_the_constraint_over_cells_is_what_is_proved() -> None:
+    """A batch constraint with a training margin is not the property: with a constraint over
+    cells in the problem, the default prover proves that one only."""
+    model = _positive_net()
+    constraints = [
+        cg.Monotonic(inputs=[0], margin=100.0, name="on_batch"),  # never holds over the box
+        cg.Monotonic(inputs=[0], where=cg.Cells(BOX, splits=2), name="proved"),
+    ]
+    problem = cg.DerivativeProblem(model, nn.functional.mse_loss, constraints)
+    prover = cg.Prover(BOX, every=5, time_limit=10)
+    cg.fit(
+        problem,
+        _loader(),
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        steps=5,
+        epochs=10,
+        progress=False,
+        callbacks=[prover],
+    )
+    assert prover.checks[0]["status"] == {"proved": "certified"}
+    assert prover.status == "proved"

@@ -46,8 +46,9 @@ class Prover:
     Args:
         domain: the :class:`~constrained_grad.Box` to prove the constraints on.
         every: steps between checks.
-        constraints: names of the problem's constraints to prove (default: every
-            ``Monotonic`` and number-bound ``DerivativeBound``).
+        constraints: names of the problem's constraints to prove (default: those declared
+            over :class:`~constrained_grad.Cells` if any, else every ``Monotonic`` and
+            number-bound ``DerivativeBound``).
         time_limit: seconds for one check (all constraints together).
         samples: Sobol points of the search that runs before the certificate (finds
             counterexamples fast; 0 to skip).
@@ -192,6 +193,10 @@ class Prover:
                     f"Prover: no constraint named {missing} in the problem (got "
                     f"{list(problem.specs)})."
                 )
+        if self.names is None and any(isinstance(c.where, Cells) for c in specs):
+            # the property is the constraint over cells; point constraints' margins are a
+            # training device, not something to prove over the whole box
+            specs = [c for c in specs if isinstance(c.where, Cells)]
         if not specs:
             raise InputValidationError(
                 "Prover: the problem has no Monotonic or number-bound DerivativeBound "
