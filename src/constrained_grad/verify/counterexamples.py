@@ -117,19 +117,26 @@ class Counterexamples(PointSource):
         )
         self.rounds += 1
         worst = res.worst_violations.max(dim=1).values
-        new = res.worst_inputs[worst > 0].to(torch.float64)
+        return self._store(res.worst_inputs[worst > 0].to(torch.float64), dtype, device)
+
+    def _store(self, new: torch.Tensor, dtype: torch.dtype, device: torch.device) -> int:
+        """Put float64 points into free slots, then over the buffered points with the most
+        slack (evaluated in ``dtype`` on ``device``); returns how many were added."""
         if new.numel() == 0:
             return 0
-        free = self.capacity - self.filled
-        take = min(free, new.shape[0])
+        take = min(self.capacity - self.filled, new.shape[0])
         self.buffer[self.filled : self.filled + take] = new[:take]
         self.filled += take
         rest = new[take:]
         if rest.shape[0]:  # full: replace the buffered points with the most slack
-            slack = self._all_violations(self.buffer.to(device=device, dtype=dtype), False)
-            order = torch.argsort(slack.max(dim=1).values.cpu())[: rest.shape[0]]
+            if self._violations:
+                x = self.buffer.to(device=device, dtype=dtype)
+                slack = self._all_violations(x, False).max(dim=1).values
+                order = torch.argsort(slack.cpu())[: rest.shape[0]]
+            else:
+                order = torch.arange(min(rest.shape[0], self.capacity))
             self.buffer[order] = rest[: order.numel()]
-        self.found += new.shape[0]
+        self.found += int(new.shape[0])
         return int(new.shape[0])
 
     def add(self, points: torch.Tensor) -> int:
@@ -147,22 +154,7 @@ class Counterexamples(PointSource):
                 f"(got shape {tuple(points.shape)}). Pass points of the domain's width."
             )
         new = self.domain.project(points.detach().to("cpu", torch.float64))
-        if new.shape[0] == 0:
-            return 0
-        take = min(self.capacity - self.filled, new.shape[0])
-        self.buffer[self.filled : self.filled + take] = new[:take]
-        self.filled += take
-        rest = new[take:]
-        if rest.shape[0]:  # full: replace the buffered points with the most slack
-            if self._violations:
-                x = self.buffer.to(device=self._device, dtype=self._dtype)
-                slack = self._all_violations(x, False).max(dim=1).values
-                order = torch.argsort(slack.cpu())[: rest.shape[0]]
-            else:
-                order = torch.arange(min(rest.shape[0], self.capacity))
-            self.buffer[order] = rest[: order.numel()]
-        self.found += int(new.shape[0])
-        return int(new.shape[0])
+        return self._store(new, self._dtype, self._device)
 
     def points(
         self,
