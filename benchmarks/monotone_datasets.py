@@ -66,7 +66,6 @@ import argparse
 import copy
 import csv
 import functools
-import itertools
 import json
 import math
 import statistics
@@ -82,6 +81,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.model_selection import KFold, ParameterGrid, StratifiedKFold, train_test_split
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -127,6 +128,7 @@ HEART_ENCODINGS = ("onehot", "ordinal")
 COMPAS_COUNTS = ["priors_count", "juv_fel_count", "juv_misd_count", "juv_other_count"]
 FOLDS = 5  # train part cut into 5: one fold validates, 4 train
 COMPAS_RACES = ["African-American", "Asian", "Caucasian", "Hispanic", "Native American", "Other"]
+COMPAS_SEXES = ["Male", "Female"]
 
 
 @dataclass
@@ -194,7 +196,8 @@ def load_heart(part: str | None = None, encoding: str = "onehot") -> Table:
 
 def one_hot(table: Table, codes: dict[str, list[float]]) -> Table:
     """``table`` with each feature named in ``codes`` replaced, in place, by one 0/1 column
-    per listed code (``"name=code"``); monotone indices follow their features."""
+    per listed code (``"name=code"``, scikit-learn's ``OneHotEncoder`` over exactly these
+    categories: a code never seen gives a zero column); monotone indices follow."""
     missing = sorted(set(codes) - set(table.names))
     if missing:
         raise ValueError(f"one_hot: no such features {missing} (have {table.names})")
@@ -205,21 +208,20 @@ def one_hot(table: Table, codes: dict[str, list[float]]) -> Table:
     groups: list[list[int]] = []
     for j, name in enumerate(table.names):
         if name not in codes:
-            cols.append(table.x[:, j])
+            cols.append(table.x[:, j : j + 1])
             names.append(name)
             continue
+        enc = OneHotEncoder(categories=[codes[name]], sparse_output=False, dtype=np.float64)
+        cols.append(enc.fit_transform(table.x[:, j : j + 1]))
         groups.append(list(range(len(names), len(names) + len(codes[name]))))
-        for code in codes[name]:
-            cols.append((table.x[:, j] == code).astype(np.float64))
-            names.append(f"{name}={code:g}")
+        names += [f"{name}={code:g}" for code in codes[name]]
     monotone = [names.index(table.names[j]) for j in table.monotone]
-    return Table(
-        np.column_stack(cols), table.y, names, monotone, table.direction, table.task, groups
-    )
+    return Table(np.hstack(cols), table.y, names, monotone, table.direction, table.task, groups)
 
 
 def load_compas() -> Table:
-    """ProPublica's filter; counts, min-max scaled age, one-hot race (6) and sex (2)."""
+    """ProPublica's filter; the four counts, age, one-hot race (6) and sex (2). (Age needs no
+    scaling here: :func:`make_split` standardises every feature.)"""
     rows = []
     for r in _read(DATA_DIR / "compas_scores_two_years.csv"):
         if r["days_b_screening_arrest"] == "" or abs(float(r["days_b_screening_arrest"])) > 30:
@@ -227,20 +229,15 @@ def load_compas() -> Table:
         if r["is_recid"] == "-1" or r["c_charge_degree"] == "O" or r["score_text"] == "N/A":
             continue
         rows.append(r)
-    age = np.array([float(r["age"]) for r in rows])
-    age = (age - age.min()) / (age.max() - age.min())
-    feats = [[float(r[c]) for c in COMPAS_COUNTS] for r in rows]
-    x = np.column_stack(
-        [
-            np.array(feats),
-            age,
-            np.array([[float(r["race"] == k) for k in COMPAS_RACES] for r in rows]),
-            np.array([[float(r["sex"] == s) for s in ("Male", "Female")] for r in rows]),
-        ]
-    )
-    names = COMPAS_COUNTS + ["age"] + [f"race={k}" for k in COMPAS_RACES] + ["male", "female"]
+    numeric = np.array([[float(r[c]) for c in [*COMPAS_COUNTS, "age"]] for r in rows])
+    enc = OneHotEncoder(categories=[COMPAS_RACES, COMPAS_SEXES], sparse_output=False)
+    nominal = enc.fit_transform(np.array([[r["race"], r["sex"]] for r in rows]))
+    names = [*COMPAS_COUNTS, "age", *enc.get_feature_names_out(["race", "sex"])]
     y = np.array([float(r["two_year_recid"]) for r in rows])
-    groups = [list(range(5, 5 + len(COMPAS_RACES))), [11, 12]]  # race, sex
+    first = numeric.shape[1]
+    groups = [list(range(first, first + len(COMPAS_RACES)))]
+    groups.append(list(range(groups[0][-1] + 1, len(names))))  # sex
+    x = np.hstack([numeric, nominal])
     return Table(x, y, names, list(range(4)), "increasing", "classification", groups)
 
 
@@ -257,6 +254,7 @@ class Split:
     box: cg.Box  # per-feature [min, max] of all standardised rows
     y_scale: float  # standard deviation of the regression target (1 for classification)
     y_shift: float = 0.0  # mean of the regression target (0 for classification)
+    x_test64: torch.Tensor | None = None  # the test rows in float64 (local certificates)
 
 
 def make_split(
@@ -267,56 +265,57 @@ def make_split(
     folds: int = FOLDS,
     one_hot_domain: bool = False,
 ) -> Split:
-    """``test=None``: seeded 80/20 split of ``train``; the train part is then cut (seeded) into
-    ``folds`` parts and part ``fold`` is held out for validation (default: 5 parts, 20 %).
+    """``test=None``: seeded 80/20 ``train_test_split`` of ``train``; then the train part is
+    cut by a seeded ``KFold`` into ``folds`` parts and part ``fold`` is held out for validation
+    (default: 5 parts, 20 %). Classification: both cuts are stratified on the label.
 
     The test rows depend on ``seed`` only, so every fold of one seed shares them. Features are
-    standardised with the mean/std of the whole train part (features only, no labels), so all
-    folds of a seed share one input space and one box; a regression target is standardised
-    with the labels of the fold's own training rows (``y_shift``, ``y_scale``).
+    standardised by a ``StandardScaler`` fitted on the whole train part (features only, no
+    labels), so all folds of a seed share one input space and one box; a regression target
+    by one fitted on the labels of the fold's own training rows (``y_shift``, ``y_scale``).
+    The box is the range of the standardised features of all rows (unlabelled).
 
     ``one_hot_domain``: the box declares the table's one-hot groups (``cg.Box(one_hot=...)``:
     exactly one column of a group on), so sampling, search and certificates see real
     categories only; otherwise each column ranges over its interval."""
     if not 0 <= fold < folds:
         raise ValueError(f"make_split: fold must be in [0, {folds}) (got {fold})")
-    rng = np.random.default_rng(seed)
+    classify = train.task == "classification"
     if test is None:
-        order = rng.permutation(len(train.y))
-        n_test = round(0.2 * len(order))
-        te, tr = order[:n_test], order[n_test:]
-        x_part, y_part, x_te, y_te = train.x[tr], train.y[tr], train.x[te], train.y[te]
+        x_part, x_te, y_part, y_te = train_test_split(
+            train.x, train.y, test_size=0.2, random_state=seed,
+            stratify=train.y if classify else None,
+        )  # fmt: skip
     else:
         x_part, y_part, x_te, y_te = train.x, train.y, test.x, test.y
-    parts = np.array_split(rng.permutation(len(y_part)), folds)
-    va = parts[fold]
-    tr = np.concatenate([q for k, q in enumerate(parts) if k != fold])
-    x_va, y_va, x_tr, y_tr = x_part[va], y_part[va], x_part[tr], y_part[tr]
-    mu, sd = x_part.mean(0), x_part.std(0)
-    sd[sd == 0] = 1.0
-    y_mu, y_sd = 0.0, 1.0
-    if train.task == "regression":
-        y_mu, y_sd = float(y_tr.mean()), float(y_tr.std())
+    cut = (StratifiedKFold if classify else KFold)(folds, shuffle=True, random_state=seed)
+    tr, va = list(cut.split(x_part, y_part))[fold]
+    scaler = StandardScaler().fit(x_part)
+    y_scaler = StandardScaler(with_mean=not classify, with_std=not classify)
+    y_scaler.fit(y_part[tr, None])
 
     def tx(a: np.ndarray) -> torch.Tensor:
-        return torch.tensor((a - mu) / sd, dtype=torch.float32)
+        return torch.tensor(scaler.transform(a), dtype=torch.float32)
 
     def ty(a: np.ndarray) -> torch.Tensor:
-        return torch.tensor((a - y_mu) / y_sd, dtype=torch.float32).unsqueeze(1)
+        return torch.tensor(y_scaler.transform(a[:, None]), dtype=torch.float32)
 
-    z = (np.concatenate([x_part, x_te]) - mu) / sd
+    z = scaler.transform(np.concatenate([x_part, x_te]))
     low, high = z.min(0), z.max(0)
     high = np.maximum(high, low + 1e-6)  # constant features: keep the box non-degenerate
+    y_sd = 1.0 if classify else float(y_scaler.scale_[0])
+    y_mu = 0.0 if classify else float(y_scaler.mean_[0])
     return Split(
-        tx(x_tr),
-        ty(y_tr),
-        tx(x_va),
-        ty(y_va),
+        tx(x_part[tr]),
+        ty(y_part[tr]),
+        tx(x_part[va]),
+        ty(y_part[va]),
         tx(x_te),
         ty(y_te),
         cg.Box(low.tolist(), high.tolist(), one_hot=train.groups if one_hot_domain else None),
         y_sd,
         y_mu,
+        torch.tensor(scaler.transform(x_te), dtype=torch.float64),
     )
 
 
@@ -393,20 +392,16 @@ class Config:
 
 
 def grid(method: str, cfg: argparse.Namespace) -> list[Config]:
-    """The Cartesian product of the list-valued options that matter to ``method``."""
-    common = list(itertools.product(cfg.lr, cfg.weight_decay))
-    if method == "unconstrained":
-        return [Config(h, lr, wd) for h in cfg.hidden for lr, wd in common]
+    """The Cartesian product (``ParameterGrid``) of the list-valued options that matter to
+    ``method``."""
+    space: dict[str, list[Any]] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if method == "lmn":
+        space.update(hidden=[cfg.lmn_hidden], lipschitz=cfg.lipschitz)
+    else:
+        space["hidden"] = [cfg.certified_hidden] if method == "certified" else cfg.hidden
     if method in ("constrained", "certified"):
-        widths = cfg.hidden if method == "constrained" else [cfg.certified_hidden]
-        return [
-            Config(h, lr, wd, m, dl)
-            for h in widths
-            for lr, wd in common
-            for m in cfg.margin
-            for dl in cfg.dual_lr
-        ]
-    return [Config(cfg.lmn_hidden, lr, wd, lipschitz=c) for lr, wd in common for c in cfg.lipschitz]
+        space.update(margin=cfg.margin, dual_lr=cfg.dual_lr)
+    return [Config(**point) for point in ParameterGrid(space)]
 
 
 def loss_fn(task: str) -> Any:

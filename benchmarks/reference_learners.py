@@ -23,7 +23,6 @@ scikit-learn is an optional benchmark dependency (``pip install -e ".[bench]"``)
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +58,7 @@ def candidates(
     """The grid of ``method`` as (label, unfitted estimator) pairs."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import ParameterGrid
 
     if method not in REFERENCES:
         raise ValueError(f"candidates: unknown reference method {method!r} (use {REFERENCES})")
@@ -72,9 +72,8 @@ def candidates(
         cst = [sign if j in monotone else 0 for j in range(d)]
     gbm = HistGradientBoostingRegressor if task == "regression" else HistGradientBoostingClassifier
     out = []
-    for values in itertools.product(*GBM_GRID.values()):
-        kw = dict(zip(GBM_GRID, values, strict=True))
-        label = "gbm " + " ".join(f"{k}={v:g}" for k, v in kw.items())
+    for kw in ParameterGrid({k: list(v) for k, v in GBM_GRID.items()}):
+        label = "gbm " + " ".join(f"{k}={kw[k]:g}" for k in GBM_GRID)
         est = gbm(**kw, early_stopping=False, monotonic_cst=cst, random_state=seed)
         out.append((label, est))
     return out
