@@ -452,6 +452,7 @@ def certify_box(
         certify="auto",
         time_limit=cfg.select_time_limit if time_limit is None else time_limit,
         seed=seed,
+        progress=False,
     )["monotone"]
     model.train()
     return rep
@@ -650,6 +651,7 @@ def search_box(
         steps=cfg.verify_steps,
         certify=False,
         seed=seed,
+        progress=False,
     )["monotone"]
 
 
@@ -681,6 +683,54 @@ def check_cells(
     model.eval()
     status = {"certified": True, "violated": False}.get(rep.status)
     return rep.max_violation, status, time.perf_counter() - t0
+
+
+def check_local(
+    model: nn.Module, table: Table, split: Split, cfg: argparse.Namespace
+) -> dict[str, Any] | None:
+    """Local certificates (``cg.verify_local``) of monotonicity on the first ``--local-rows``
+    test rows: along each monotone feature over its whole range, the other features held at
+    the row's values, over the data box (``--local-time-limit`` seconds for all rows). None
+    when ``--local-rows`` is 0."""
+    if cfg.local_rows <= 0:
+        return None
+    assert split.x_test64 is not None
+    con = cg.Monotonic(table.monotone, table.direction, name="monotone")
+    rep = cg.verify_local(
+        model,
+        [con],
+        split.box,
+        split.x_test64[: cfg.local_rows],
+        time_limit=cfg.local_time_limit,
+        progress=False,
+    )
+    model.eval()
+    times = rep.seconds_per_row
+    return {
+        "rows": len(rep.rows),
+        "proved": rep.n_certified,
+        "violated": rep.n_violated,
+        "unknown": rep.n_unknown,
+        "median_s": times["median"],
+        "max_s": times["max"],
+        "seconds": [r.seconds for r in rep.rows],
+        "method": rep.method,
+    }
+
+
+def local_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The local certificates of all seeds together: rows, proved, violated, unknown, the
+    fraction proved and the median / max seconds over every row checked."""
+    if not per_seed:
+        return None
+    times = [t for loc in per_seed for t in loc["seconds"]]
+    out = {k: sum(loc[k] for loc in per_seed) for k in ("rows", "proved", "violated", "unknown")}
+    out.update(
+        fraction_proved=out["proved"] / out["rows"],
+        median_s=statistics.median(times),
+        max_s=max(times),
+    )
+    return out
 
 
 def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any]]) -> dict:
@@ -716,6 +766,7 @@ def summarise(dataset: str, protocol: str, method: str, runs: list[dict[str, Any
         "grid_size": runs[0]["grid_size"],
         "test_selected_mean": statistics.fmean(oracle) if oracle else None,
         "test_selected_std": statistics.stdev(oracle) if len(oracle) > 1 else None,
+        "local": local_summary([r["local"] for r in runs if r.get("local")]),
         "runs": runs,
     }
 
@@ -833,6 +884,14 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
             f"{row['train_seconds']:.0f}s, MILP {row['milp_seconds']}s)",
             flush=True,
         )
+        if row.get("local"):
+            loc = row["local"]
+            print(
+                f"{tag} seed {seed} {name} local certificates: {loc['proved']}/{loc['rows']} "
+                f"test rows proved, {loc['violated']} violated, {loc['unknown']} unknown; "
+                f"{loc['median_s']:.3g} s median, {loc['max_s']:.3g} s max per row",
+                flush=True,
+            )
         runs.setdefault(name, []).append({"seed": seed, "metric": metric_name, **row})
 
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
@@ -879,6 +938,7 @@ def run_one(dataset: str, protocol: str, cfg: argparse.Namespace) -> list[dict[s
                 milp_seconds=milp_s,
                 train_seconds=train_s,
                 test_selected=oracle,
+                local=None if method == "lmn" else check_local(got.model, train_t, split, cfg),
                 **common,
             )
             if cfg.ensemble < 2:
@@ -945,6 +1005,21 @@ def print_table(records: list[dict[str, Any]]) -> None:
             f"{r['mean']:.4g} ± {r['std']:.3g} | {r['seeds']} | {r['grid_size']} | {v} | {c} | "
             f"{t} |"
         )
+    local = [r for r in records if r.get("local")]
+    if local:
+        print("\nLocal certificates on the test rows (cg.verify_local, every seed together)")
+        print(
+            "| dataset | protocol | method | rows | proved | violated | unknown | "
+            "s/row median / max |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for r in local:
+            loc = r["local"]
+            print(
+                f"| {r['dataset']} | {r['protocol']} | {r['method']} | {loc['rows']} | "
+                f"{loc['proved']} ({100 * loc['fraction_proved']:.0f} %) | {loc['violated']} | "
+                f"{loc['unknown']} | {loc['median_s']:.3g} / {loc['max_s']:.3g} |"
+            )
     diag = [r for r in records if r.get("test_selected_mean") is not None]
     if diag:
         print("\nDIAGNOSTIC, not a result: the published protocol (test-selected epoch/threshold)")
@@ -1082,6 +1157,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify-starts", type=int, default=64)
     p.add_argument("--verify-steps", type=int, default=50)
     p.add_argument("--time-limit", type=float, default=None, help="seconds per MILP")
+    p.add_argument(
+        "--local-rows",
+        type=int,
+        default=0,
+        help="local certificates (cg.verify_local) of each ReLU method's selected model on the "
+        "first N test rows of each seed (default 0: none)",
+    )
+    p.add_argument(
+        "--local-time-limit",
+        type=float,
+        default=60.0,
+        help="seconds for all the local certificates of one model (default 60)",
+    )
     p.add_argument(
         "--ensemble",
         type=int,
