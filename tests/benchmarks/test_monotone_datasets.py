@@ -196,3 +196,42 @@ def test_certified_method_ends_proved_by_the_public_prover() -> None:
     x.requires_grad_(True)
     (grad,) = torch.autograd.grad(net(x).sum(), x)
     assert float(grad[:, 0].min()) >= 0.0
+
+
+def test_split_is_stratified_and_scaled_on_the_train_part_only() -> None:
+    table = _table(200, "classification")
+    split = md.make_split(table, None, seed=4)
+    rate = float(table.y.mean())
+    for y in (split.y_train, split.y_val, split.y_test):  # stratified: each part keeps the rate
+        assert abs(float(y.mean()) - rate) <= 1.0 / len(y) + 1e-9
+    part = torch.cat([split.x_train, split.x_val]).double()  # the scaler's rows: mean 0, std 1
+    torch.testing.assert_close(part.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(part.std(0, unbiased=False), torch.ones(3, dtype=torch.float64))
+    assert split.x_test64 is not None and split.x_test64.dtype == torch.float64
+    torch.testing.assert_close(split.x_test64.float(), split.x_test)
+    assert bool(split.box.contains(split.x_test64).all())
+
+
+def test_check_local_proves_a_monotone_net_and_finds_a_decreasing_one() -> None:
+    table = _table()
+    split = md.make_split(table, None, seed=0)
+    torch.manual_seed(0)
+    net = md.mlp(3, (8, 8))
+    with torch.no_grad():  # non-negative weights + ReLU: non-decreasing in every input
+        for lin in (net[0], net[2], net[4]):
+            lin.weight.abs_()
+    assert md.check_local(net, table, split, md.parse([])) is None  # --local-rows 0: none
+    cfg = md.parse(["--local-rows", "4", "--local-time-limit", "30"])
+    got = md.check_local(net, table, split, cfg)
+    assert got is not None
+    assert (got["rows"], got["proved"], got["violated"], got["unknown"]) == (4, 4, 0, 0)
+    assert len(got["seconds"]) == 4 and got["max_s"] == max(got["seconds"])
+    with torch.no_grad():
+        net[4].weight.neg_()  # now non-increasing in every input
+    bad = md.check_local(net, table, split, cfg)
+    assert bad is not None and bad["violated"] + bad["unknown"] == 4 and bad["proved"] == 0
+    total = md.local_summary([got, bad])
+    assert total is not None
+    assert (total["rows"], total["proved"], total["fraction_proved"]) == (8, 4, 0.5)
+    assert total["max_s"] == max(got["max_s"], bad["max_s"])
+    assert md.local_summary([]) is None
