@@ -6,20 +6,28 @@ increasing in ``trestbps`` and ``chol``; accuracy; the nominal codes cp, restecg
 and thal one-hot encoded unless ``--heart-encoding ordinal``) and COMPAS (classification,
 recidivism increasing in the four count features; accuracy).
 
-Protocols:
+Protocols (scikit-learn does the splitting, scaling, encoding and grids):
 
-``clean``  ``--seeds`` seeded 80/20 splits of all rows; 20% of the train part is held out for
-           validation; epochs AND hyper-parameters are chosen on validation only (the test
-           rows are scored once, for the selected model); mean ± std of the test metric.
-``comet``  the fixed COMET train/test files (Auto-MPG, Heart); validation carved (20%, seeded)
-           from the train file; mean ± std over seeds of the carve and of the initialisation.
+``clean``  ``--seeds`` seeded 80/20 splits of all rows (``train_test_split``); 20% of the train
+           part is held out for validation (fold 0 of a seeded 5-fold ``KFold``, so that
+           ``--ensemble`` members validate on the other folds); both cuts stratified on the
+           label for Heart and COMPAS. Epochs AND hyper-parameters are chosen on validation
+           only (the test rows are scored once, for the selected model); mean ± std of the
+           test metric.
+``comet``  the fixed COMET train/test files (Auto-MPG, Heart); validation carved (20%, seeded,
+           the same ``KFold``) from the train file; mean ± std over seeds of the carve and of
+           the initialisation.
+
+Features are standardised by a ``StandardScaler`` fitted on the train part (features only); a
+regression target by one fitted on the labels of the training rows. Heart's nominal codes and
+COMPAS's race and sex are one-hot encoded (``OneHotEncoder`` over fixed category lists).
 
 Model selection (validation only): for every seed and method, each point of the grid spanned
-by the list-valued options (``--hidden``, ``--lr``, ``--weight-decay``, ``--margin``,
-``--dual-lr``, ``--lipschitz``; ``--tune`` fills the ones not given from ``TUNE_GRID``) is
-trained; its checkpoint is the epoch with the best validation score among the eligible ones;
-the grid point with the best such score wins (eligible first; classification ties on accuracy
-are broken by the validation log-loss).
+by the list-valued options (a ``ParameterGrid``: ``--hidden``, ``--lr``, ``--weight-decay``,
+``--margin``, ``--dual-lr``, ``--lipschitz``; ``--tune`` fills the ones not given from
+``TUNE_GRID``) is trained; its checkpoint is the epoch with the best validation score among
+the eligible ones; the grid point with the best such score wins (eligible first;
+classification ties on accuracy are broken by the validation log-loss).
 
 Methods:
 
@@ -57,7 +65,15 @@ violation was confirmed) or None (no proof within the time limit); the MILP seco
 ``--one-hot-domain`` declares the one-hot columns (Heart codes, COMPAS race and sex) as groups
 of that box (``cg.Box(one_hot=...)``), for training points, search and MILP alike.
 
-Run: ``python benchmarks/monotone_datasets.py --dataset auto-mpg --quick --json out.json``.
+``--local-rows N`` adds local certificates (:func:`constrained_grad.verify_local`) of each ReLU
+method's selected model on the first N test rows of each seed: monotonicity along each
+monotone feature over its whole range, the other features held at the row's values, over the
+same box (``--local-time-limit`` seconds for all N rows of one model). Recorded per seed and
+method (``local``: rows, proved, violated, unknown, median and max seconds per row) and
+summarised in a table.
+
+Run: ``python benchmarks/monotone_datasets.py --dataset auto-mpg --quick --local-rows 10 --json
+out.json``.
 """
 
 from __future__ import annotations
