@@ -26,8 +26,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec
 
@@ -48,46 +47,9 @@ from constrained_grad.training import checkpoint
 from constrained_grad.training.dual import DualFactory, build_dual_optimizer, dual_step
 from constrained_grad.training.interrupts import DeferredSignals
 from constrained_grad.training.lagrangian import StepLagrangian
-from constrained_grad.training.options import check_step_options
+from constrained_grad.training.options import check_loop_options, check_step_options
+from constrained_grad.training.results import Callback, FitResult, StepInfo
 from constrained_grad.training.stats import FIELDS, StepStats
-
-
-@dataclass
-class StepInfo:
-    """What callbacks see after each step."""
-
-    step: int
-    epoch: int
-    loss: float
-    max_violation: float
-    history: History
-    problem: DerivativeProblem
-
-
-@dataclass
-class FitResult:
-    """Outcome of :func:`fit`."""
-
-    history: History
-    problem: DerivativeProblem
-    steps: int
-    stopped: str  # "budget", "feasible", "callback"
-    dual_optimizer: torch.optim.Optimizer | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def model(self) -> Any:
-        return self.problem.model
-
-
-Callback = Callable[[StepInfo], Any]
-
-
-def _check_positive_int(value: Any, what: str, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputValidationError(f"fit: {what} must be a positive int (got {value!r}).")
 
 
 class Trainer:
@@ -579,43 +541,19 @@ def fit(
     Returns:
         :class:`FitResult` with the history and the problem.
     """
-    _check_positive_int(epochs, "epochs", allow_none=False)
-    _check_positive_int(steps, "steps")
-    _check_positive_int(eval_every, "eval_every")
-    _check_positive_int(patience, "patience", allow_none=False)
-    _check_positive_int(checkpoint_every, "checkpoint_every")
-    if checkpoint_every is not None and checkpoint_dir is None:
-        raise InputValidationError(
-            "fit: checkpoint_every needs checkpoint_dir (got None). Name "
-            "a folder for the checkpoints."
-        )
-    if isinstance(loader, (str, bytes)) or not (
-        hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")
-    ):
-        raise InputValidationError(
-            f"fit: loader must be an iterable of batches such as a "
-            f"DataLoader (got {type(loader).__name__})."
-        )
-    if epochs > 1 and isinstance(loader, Iterator):
-        raise InputValidationError(
-            f"fit: loader is a one-shot iterator ({type(loader).__name__}) but epochs={epochs}: "
-            "it would be empty after the first epoch. Pass a re-iterable loader (a DataLoader "
-            "or a list of batches), or epochs=1."
-        )
     callbacks = list(callbacks)
-    for cb in [*callbacks, eval_fn]:
-        if cb is not None and not callable(cb):
-            raise InputValidationError(
-                f"fit: callbacks and eval_fn must be callable (got {type(cb).__name__})."
-            )
-    if stop_tolerance is not None and (
-        isinstance(stop_tolerance, bool)
-        or not isinstance(stop_tolerance, (int, float))
-        or math.isnan(stop_tolerance)
-    ):
-        raise InputValidationError(
-            f"fit: stop_tolerance must be a number or None (got {stop_tolerance!r})."
-        )
+    check_loop_options(
+        loader,
+        epochs=epochs,
+        steps=steps,
+        eval_every=eval_every,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
+        callbacks=callbacks,
+        eval_fn=eval_fn,
+        stop_tolerance=stop_tolerance,
+    )
     if device is not None:
         _move(problem, device)
     trainer = Trainer(
