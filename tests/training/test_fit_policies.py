@@ -5,12 +5,15 @@ rules' patience."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from cg_train_helpers import line_data, linear_model
 from torch.utils.data import DataLoader, TensorDataset
 
-from constrained_grad.errors import InputValidationError
+import constrained_grad as cg
+from constrained_grad.errors import CheckpointError, InputValidationError
 from constrained_grad.training.epochs import Epochs, Position, Start
 from constrained_grad.training.stopping import StopRules
 
@@ -82,3 +85,25 @@ def test_feasible_stop_needs_patience_consecutive_steps() -> None:
     assert math.isnan(
         StopRules([], steps=1, stop_tolerance=None, patience=1, callbacks=()).worst([0.0])
     )
+
+
+def test_a_refused_resume_releases_the_folder_at_once(tmp_path: Path) -> None:
+    x, y = line_data(32)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+
+    def run(upper: float) -> cg.FitResult:
+        model = linear_model()
+        problem = cg.DerivativeProblem(
+            model,
+            torch.nn.functional.mse_loss,
+            [cg.DerivativeBound(inputs=[0], upper=upper, name="slope")],
+        )
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return cg.fit(problem, batches, opt, epochs=1, progress=False, checkpoint_dir=tmp_path)
+
+    run(1.0)
+    with pytest.raises(CheckpointError, match="upper") as refused:
+        run(2.0)  # another declaration under the same name
+    # the error (and its traceback) is still alive here: the lock must not be
+    assert refused.value is not None
+    assert run(1.0).steps == 2  # resumed at the end of the first run: no new step
