@@ -21,14 +21,11 @@ are Cooper's own.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec
 
 import torch
@@ -45,49 +42,18 @@ from constrained_grad.parallel import check_threads, distributed_ready, torch_th
 from constrained_grad.problem import DerivativeProblem
 from constrained_grad.problem.sync import RankSync
 from constrained_grad.training import checkpoint
+from constrained_grad.training.checkpointing import CHECKPOINT_NAME as CHECKPOINT_NAME
+from constrained_grad.training.checkpointing import Checkpointing
 from constrained_grad.training.dual import DualFactory, build_dual_optimizer, dual_step
+from constrained_grad.training.epochs import Epochs
 from constrained_grad.training.interrupts import DeferredSignals
 from constrained_grad.training.lagrangian import StepLagrangian
-from constrained_grad.training.options import check_step_options
+from constrained_grad.training.options import check_loop_options, check_step_options
+from constrained_grad.training.reporting import Evaluation, ProgressBar
+from constrained_grad.training.results import Callback, FitResult
+from constrained_grad.training.results import StepInfo as StepInfo
 from constrained_grad.training.stats import FIELDS, StepStats
-
-
-@dataclass
-class StepInfo:
-    """What callbacks see after each step."""
-
-    step: int
-    epoch: int
-    loss: float
-    max_violation: float
-    history: History
-    problem: DerivativeProblem
-
-
-@dataclass
-class FitResult:
-    """Outcome of :func:`fit`."""
-
-    history: History
-    problem: DerivativeProblem
-    steps: int
-    stopped: str  # "budget", "feasible", "callback"
-    dual_optimizer: torch.optim.Optimizer | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def model(self) -> Any:
-        return self.problem.model
-
-
-Callback = Callable[[StepInfo], Any]
-
-
-def _check_positive_int(value: Any, what: str, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputValidationError(f"fit: {what} must be a positive int (got {value!r}).")
+from constrained_grad.training.stopping import StopRules
 
 
 class Trainer:
@@ -579,43 +545,19 @@ def fit(
     Returns:
         :class:`FitResult` with the history and the problem.
     """
-    _check_positive_int(epochs, "epochs", allow_none=False)
-    _check_positive_int(steps, "steps")
-    _check_positive_int(eval_every, "eval_every")
-    _check_positive_int(patience, "patience", allow_none=False)
-    _check_positive_int(checkpoint_every, "checkpoint_every")
-    if checkpoint_every is not None and checkpoint_dir is None:
-        raise InputValidationError(
-            "fit: checkpoint_every needs checkpoint_dir (got None). Name "
-            "a folder for the checkpoints."
-        )
-    if isinstance(loader, (str, bytes)) or not (
-        hasattr(loader, "__iter__") or hasattr(loader, "__getitem__")
-    ):
-        raise InputValidationError(
-            f"fit: loader must be an iterable of batches such as a "
-            f"DataLoader (got {type(loader).__name__})."
-        )
-    if epochs > 1 and isinstance(loader, Iterator):
-        raise InputValidationError(
-            f"fit: loader is a one-shot iterator ({type(loader).__name__}) but epochs={epochs}: "
-            "it would be empty after the first epoch. Pass a re-iterable loader (a DataLoader "
-            "or a list of batches), or epochs=1."
-        )
     callbacks = list(callbacks)
-    for cb in [*callbacks, eval_fn]:
-        if cb is not None and not callable(cb):
-            raise InputValidationError(
-                f"fit: callbacks and eval_fn must be callable (got {type(cb).__name__})."
-            )
-    if stop_tolerance is not None and (
-        isinstance(stop_tolerance, bool)
-        or not isinstance(stop_tolerance, (int, float))
-        or math.isnan(stop_tolerance)
-    ):
-        raise InputValidationError(
-            f"fit: stop_tolerance must be a number or None (got {stop_tolerance!r})."
-        )
+    check_loop_options(
+        loader,
+        epochs=epochs,
+        steps=steps,
+        eval_every=eval_every,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
+        callbacks=callbacks,
+        eval_fn=eval_fn,
+        stop_tolerance=stop_tolerance,
+    )
     if device is not None:
         _move(problem, device)
     trainer = Trainer(
@@ -629,289 +571,127 @@ def fit(
         distributed=distributed,
         process_group=process_group,
     )
-    sync = trainer.sync
-    rank, world = (0, 1) if sync is None else (sync.rank, sync.world_size)
-    ckpt_path = None
-    saved = None
-    held = contextlib.ExitStack()  # the checkpoint folder's lock, until fit ends
-    if checkpoint_dir is not None:  # only rank 0 touches the folder
-        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-        if rank == 0:
-            folder = checkpoint.prepare_dir(checkpoint_dir)
-            held.enter_context(checkpoint.folder_lock(folder))
-            ckpt_path = folder / CHECKPOINT_NAME
-            try:
-                checkpoint.remove_stale_temps(ckpt_path)  # left by writes killed before rename
-                if resume and ckpt_path.exists():
-                    saved = checkpoint.load(ckpt_path)
-                    checkpoint.check_loader(saved.get("loader"), loader, ckpt_path)
-            except BaseException:
-                held.close()
-                raise
-    if sync is not None and ckpt_path is not None:
-        saved = sync.broadcast_object(saved)  # no shared file system needed
-    # the first epoch of this call: after a continued history's last one; a checkpoint
-    # keeps its own (its history already holds this call's epochs)
-    first_epoch = trainer.next_epoch
-    start_epoch, skip_batches = first_epoch, 0
-    epoch_rng, resume_rng, loader_state = None, None, None
-    if saved is not None:
-        assert ckpt_path is not None
-        checkpoint.require_keys(saved, _FIT_KEYS, ckpt_path)
-        checkpoint.validate(saved, ckpt_path)
-        if saved.get("world_size", 1) != world:
-            raise CheckpointError(
-                f"load_checkpoint: {ckpt_path} was written by a run over "
-                f"{saved.get('world_size', 1)} processes but this run has {world}. Resume "
-                "with the same world size or start a new run directory."
-            )
-        trainer.load_state_dict(saved, ckpt_path)
-        mine = saved["ranks"][rank] if saved.get("ranks") is not None else saved
-        first_epoch = int(saved.get("first_epoch", 0))  # 0 in checkpoints of older versions
-        start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
-        epoch_rng, resume_rng = mine["epoch_rng"], mine["rng"]
-        loader_state = mine["loader_rng"]
-    gen = checkpoint.loader_generator(loader)
-    samplers = [getattr(loader, a, None) for a in ("sampler", "batch_sampler")]
-    set_epochs = [f for f in (getattr(x, "set_epoch", None) for x in samplers) if callable(f)]
-    total = steps
-    if steps is None:  # the bar starts at the steps already in the history
-        left = _epoch_len(loader, max(0, first_epoch + epochs - start_epoch))
-        total = None if left is None else trainer.step_count + max(0, left - skip_batches)
-    bar = _progress(total, progress and rank == 0, initial=trainer.step_count)  # one bar per run
-    stopped, feasible_run = "budget", 0
-    n = len(FIELDS)
-    idx_max = [2 + k * n + 1 for k in range(len(trainer.names))]
-    needs_worst = bool(callbacks) or bar is not None or stop_tolerance is not None
-    position: dict[str, Any] = {
-        "epoch": start_epoch,
-        "batch_in_epoch": skip_batches,
-        "epoch_rng": epoch_rng,
-        "first_epoch": first_epoch,
-    }
-    loader_sig = checkpoint.loader_signature(loader)
+    rules = StopRules(
+        trainer.names,
+        steps=steps,
+        stop_tolerance=stop_tolerance,
+        patience=patience,
+        callbacks=callbacks,
+    )
+    evaluation = Evaluation(eval_fn, eval_every, trainer.history)
     signals = DeferredSignals()
-
-    def result() -> FitResult:
-        return FitResult(
-            trainer.history,
-            problem,
-            trainer.step_count,
-            stopped,
-            trainer.dual_optimizer,
-            {"skipped_steps": trainer.skipped, "checkpoint": ckpt_path},
+    ckpt = Checkpointing(
+        trainer,
+        checkpoint_dir,
+        every=checkpoint_every,
+        resume=resume,
+        loader=loader,
+        signals=signals,
+        on_nonfinite=on_nonfinite,
+        result=lambda: _result(trainer, rules, ckpt),
+    )
+    start = ckpt.open()  # the folder locked until ckpt.close()
+    try:
+        batches = Epochs(
+            loader,
+            epochs,
+            start,
+            go_on=lambda: rules.budget_left(trainer.step_count),
+            capture=ckpt.path is not None,
+            source=ckpt.path,
         )
+        total = steps  # else the bar starts at the steps already in the history
+        left = batches.remaining() if steps is None else None
+        if left is not None:
+            total = trainer.step_count + left
+        rank0 = trainer.sync is None or trainer.sync.rank == 0
+        bar = ProgressBar(
+            progress and rank0, total, trainer.step_count, problem.loss_fn is not None
+        )
+        if trainer.sync is None:  # ranks would see a signal at different steps: not deferred
+            ckpt.hold(signals)
+        _train(trainer, batches, ckpt, rules, bar, evaluation)
+        ckpt.finish()
+    finally:
+        ckpt.close()
+    return _end(trainer, rules, ckpt, evaluation)
 
-    def save(check: bool = False, collective: bool = True) -> None:
-        """Write the checkpoint (rank 0). ``collective``: all ranks call this together, so
-        each rank's random state is gathered; otherwise only rank 0's is kept."""
-        if ckpt_path is not None:
-            bad = trainer.nonfinite_state()
-            if bad:  # never replace the last good checkpoint by a broken state
-                if check and on_nonfinite == "raise":
-                    raise NonFiniteError(
-                        f"fit: non-finite {', '.join(bad)} after step {trainer.step_count - 1} "
-                        f"(epoch {position['epoch']}); {ckpt_path} keeps the last finite state. "
-                        "Lower the learning rates or check the data for NaN/inf."
-                    )
-                return
-            mine = {
-                "epoch_rng": position["epoch_rng"],
-                "rng": checkpoint.capture_rng(),
-                "loader_rng": None if gen is None else gen.get_state(),
-            }
-            ranks = None
-            if sync is not None and collective:
-                ranks = sync.gather_objects(mine)
-            if rank != 0:
-                return
-            state = trainer.state_dict()
-            state.update(position, **mine, world_size=world, ranks=ranks, loader=loader_sig)
-            try:
-                with signals.writing():
-                    checkpoint.atomic_save(state, ckpt_path)
-            except CheckpointError as err:  # keep the work: hand the result over with it
-                failure = CheckpointError(
-                    f"{err} The run's state after step {trainer.step_count} is not lost: this "
-                    "error's .result holds the FitResult (model, problem, history)."
-                )
-                failure.result = result()  # type: ignore[attr-defined]
-                raise failure from err
 
-    def interrupted() -> None:
-        """At a step boundary after SIGINT/SIGTERM: save this consistent state, then stop."""
-        if not signals.emergency:
-            save(collective=False)  # the other ranks may be anywhere: no collective call
-        signals.emergency = True  # saved: the KeyboardInterrupt handler must not save again
-        signals.raise_now()
+def _train(
+    trainer: Trainer,
+    batches: Epochs,
+    ckpt: Checkpointing,
+    rules: StopRules,
+    bar: ProgressBar,
+    evaluation: Evaluation,
+) -> None:
+    """One step per batch until the batches or a stop rule end it; the policies read each
+    logged step in this order: bar, evaluation, checkpoint, stop rules, signals, budget.
 
-    def budget_left() -> bool:
-        return steps is None or trainer.step_count < steps
-
+    A :class:`NonFiniteError` saves the state before the failed step first (if it is
+    intact), a ``KeyboardInterrupt`` between steps the current one.
+    """
     between_steps = True  # False while a step runs: no consistent state to save
-    if sync is None:  # ranks would see a signal at different steps: not deferred there
-        held.enter_context(signals)
     try:
-        for epoch in range(start_epoch, first_epoch + epochs):
-            if not budget_left():
-                break
-            if epoch == start_epoch and skip_batches and position["epoch_rng"] is not None:
-                # resume mid-epoch: replay this epoch's order, skip what was already seen
-                _restore_epoch_rng(position["epoch_rng"], gen)
-                for set_epoch in set_epochs:  # DistributedSampler: this epoch's shuffle
-                    set_epoch(epoch)
-                iterator = iter(loader)
-                for k in range(skip_batches):
-                    try:
-                        next(iterator)
-                    except StopIteration:
-                        raise CheckpointError(
-                            f"load_checkpoint: {ckpt_path} stopped at batch {skip_batches} of "
-                            f"epoch {epoch} but the loader now ends after {k} batches. Resume "
-                            "with the same loader, or start a new run directory."
-                        ) from None
-            else:
-                skip_batches = 0
-                if resume_rng is not None:  # resume at an epoch boundary
-                    checkpoint.restore_rng(resume_rng)
-                    resume_rng = None
-                # only a checkpoint reads it (capturing every RNG costs ~0.1 ms per epoch,
-                # per step for full-batch training)
-                position["epoch_rng"] = _epoch_rng(gen) if ckpt_path is not None else None
-                for set_epoch in set_epochs:  # DistributedSampler: this epoch's shuffle
-                    set_epoch(epoch)
-                iterator = iter(loader)
-            if resume_rng is not None:
-                checkpoint.restore_rng(resume_rng)
-                resume_rng = None
-            if loader_state is not None and gen is not None:
-                gen.set_state(loader_state)
-            loader_state = None
-            position["epoch"], position["batch_in_epoch"] = epoch, skip_batches
-            seen = skip_batches
-            for batch in iterator:
-                seen += 1
-                skipped = trainer.skipped
-                between_steps = False
-                try:
-                    row = trainer.step(batch, epoch)
-                except NonFiniteError:
-                    if trainer.state_consistent:
-                        save()  # the state before the failed step is intact
-                    raise
-                position["batch_in_epoch"] = seen
-                between_steps = True
-                if trainer.skipped > skipped:  # on_nonfinite="skip": no step, nothing logged,
-                    if bar is not None:  # so no eval, checkpoint, callback or stop rule either
-                        bar.update(1)
-                    if signals.signum:
-                        interrupted()
-                    continue
-                # the worst violation only for its readers (a plain run pays nothing)
-                worst = (
-                    max((row[i] for i in idx_max), default=float("nan"))
-                    if needs_worst
-                    else float("nan")
-                )
-                if bar is not None:
-                    bar.update(1)
-                    if trainer.step_count % 10 == 1:
-                        bar.set_postfix(
-                            loss="no loss" if problem.loss_fn is None else f"{row[0]:.4g}",
-                            max_violation=f"{worst:.3g}",
-                            refresh=False,
-                        )
-                if eval_fn is not None and eval_every and trainer.step_count % eval_every == 0:
-                    trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
-                if checkpoint_every and trainer.step_count % checkpoint_every == 0:
-                    save(check=True)
-                if callbacks:
-                    info = StepInfo(
-                        trainer.step_count, epoch, row[0], worst, trainer.history, problem
-                    )
-                    if any(cb(info) is True for cb in callbacks):
-                        stopped = "callback"
-                        break
-                if stop_tolerance is not None and idx_max:
-                    feasible_run = feasible_run + 1 if worst <= stop_tolerance else 0
-                    if feasible_run >= patience:
-                        stopped = "feasible"
-                        break
-                if signals.signum:  # Ctrl-C/SIGTERM during this step: stop here
-                    interrupted()
-                if not budget_left():
-                    break
-            else:  # the epoch ran to its end: the next checkpoint starts the next epoch
-                if seen == 0:
-                    raise InputValidationError(
-                        "fit: the loader yielded no batch. Check the "
-                        "dataset is not empty and drop_last does not drop "
-                        "everything."
-                    )
-                position.update(epoch=epoch + 1, batch_in_epoch=0, epoch_rng=None)
+        for epoch, index, batch in batches:
+            skipped = trainer.skipped
+            between_steps = False
+            try:
+                row = trainer.step(batch, epoch)
+            except NonFiniteError:
+                if trainer.state_consistent:
+                    ckpt.save()  # the state before the failed step is intact
+                raise
+            batches.position.batch_in_epoch = index + 1
+            between_steps = True
+            if trainer.skipped > skipped:  # on_nonfinite="skip": no step, nothing logged,
+                bar.skipped()  # so no eval, checkpoint, callback or stop rule either
+                ckpt.check_signals()
                 continue
-            break
+            # the worst violation only for its readers (a plain run pays nothing)
+            worst = rules.worst(row) if rules.wants_worst or bar.enabled else math.nan
+            bar.step(trainer.step_count, row, worst)
+            evaluation.after_step(trainer.step_count, trainer.problem.model)
+            ckpt.after_step(trainer.step_count)
+            if rules.after_step(trainer, epoch, row, worst):
+                break
+            ckpt.check_signals()  # Ctrl-C/SIGTERM during this step: save it, stop here
+            if not rules.budget_left(trainer.step_count):
+                break
     except KeyboardInterrupt:
-        try:
-            if between_steps and not signals.emergency:  # raised by a callback, say
-                save(collective=False)  # the other ranks may be anywhere: no collective call
-        finally:
-            held.close()
-        raise
-    except BaseException:
-        held.close()
+        if between_steps:  # raised by a callback, say
+            ckpt.interrupted_between_steps()
         raise
     finally:
-        if bar is not None:
-            bar.close()
-    try:
-        save(check=True)
-        if signals.signum:  # interrupted during the last step: saved, now stop
-            signals.emergency = True
-            signals.raise_now()
-    finally:
-        held.close()
-    if sync is not None and isinstance(problem.model, torch.nn.Module):
-        sync.broadcast(list(problem.model.buffers()))  # e.g. BatchNorm statistics: rank 0's
-    if eval_fn is not None:
-        trainer.history.log_eval(trainer.step_count, eval_fn(problem.model))
-    final = result()
-    for cb in callbacks:  # policies that act once training is over (e.g. cg.Prover)
+        bar.close()
+
+
+def _result(trainer: Trainer, rules: StopRules, ckpt: Checkpointing) -> FitResult:
+    return FitResult(
+        trainer.history,
+        trainer.problem,
+        trainer.step_count,
+        rules.stopped,
+        trainer.dual_optimizer,
+        {"skipped_steps": trainer.skipped, "checkpoint": ckpt.path},
+    )
+
+
+def _end(
+    trainer: Trainer, rules: StopRules, ckpt: Checkpointing, evaluation: Evaluation
+) -> FitResult:
+    """After training (and the folder's lock): rank 0's buffers everywhere, the final
+    evaluation, then the callbacks' ``on_fit_end(result)`` (e.g. :class:`Prover`)."""
+    model = trainer.problem.model
+    if trainer.sync is not None and isinstance(model, torch.nn.Module):
+        trainer.sync.broadcast(list(model.buffers()))  # e.g. BatchNorm statistics: rank 0's
+    evaluation.at_end(trainer.step_count, model)
+    final = _result(trainer, rules, ckpt)
+    for cb in rules.callbacks:  # policies that act once training is over (e.g. cg.Prover)
         end = getattr(cb, "on_fit_end", None)
         if callable(end):
             end(final)
     return final
-
-
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def _epoch_rng(gen: torch.Generator | None) -> dict[str, Any]:
-    """Random states that decide an epoch's data order, captured before ``iter(loader)``."""
-    return {"global": checkpoint.capture_rng(), "loader": None if gen is None else gen.get_state()}
-
-
-def _restore_epoch_rng(state: dict[str, Any], gen: torch.Generator | None) -> None:
-    checkpoint.restore_rng(state["global"])
-    if gen is not None and state["loader"] is not None:
-        gen.set_state(state["loader"])
-
-
-def _epoch_len(loader: Any, epochs: int) -> int | None:
-    try:
-        return len(loader) * epochs
-    except TypeError:
-        return None
-
-
-def _progress(total: int | None, enabled: bool, initial: int = 0) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, initial=initial, desc="constrained fit", unit="step", dynamic_ncols=True
-    )
 
 
 def _move(problem: DerivativeProblem, device: torch.device | str) -> None:
