@@ -185,6 +185,89 @@ def test_a_cell_where_no_relu_unit_switches_is_bounded_exactly() -> None:
     torch.testing.assert_close(upper, jac, rtol=1e-12, atol=1e-12)
 
 
+def _relu_into_flat_region() -> nn.Sequential:
+    """``f(x) = relu(x_0 + x_1 - 1) + 0.5 relu(x_0 - 3)`` (the second unit dead on [-2, 2]^3):
+    ``df/dx_0`` is 0 where the first unit is off and 1 where it is on, so
+    ``df/dx_0 >= 0`` holds with equality on part of the box."""
+    net = nn.Sequential(nn.Linear(D, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+        net[0].bias.copy_(torch.tensor([-1.0, -3.0]))
+        net[2].weight.copy_(torch.tensor([[1.0, 0.5]]))
+        net[2].bias.zero_()
+    return net
+
+
+@pytest.mark.parametrize("sound", [False, True])
+def test_a_derivative_that_is_zero_on_part_of_the_cell_keeps_a_lower_bound_of_exactly_zero(
+    sound: bool,
+) -> None:
+    """The lower end is a sum of products with a zero factor (the unit's derivative interval
+    [0, 1] times a positive column): exactly 0, also with rounding slack, so that
+    "df/dx_0 >= 0" is provable where it holds with equality (it was -2e-15 before)."""
+    net = _relu_into_flat_region()
+    lo = torch.full((1, D), -2.0, dtype=torch.float64)
+    b = column_bounds(network_layers(net, D, who="test"), lo, -lo, [0, 2], sound=sound)
+    lower, upper = b.lower.detach(), b.upper.detach()
+    assert float(lower[0, 0, 0]) == 0.0  # the true minimum, reached where unit 1 is off
+    assert float(upper[0, 0, 0]) >= 1.0
+    assert float(lower[0, 0, 1]) == 0.0 and float(upper[0, 0, 1]) == 0.0  # x_2 unused
+
+
+def test_a_monotone_relu_net_with_a_flat_region_is_certified_at_tolerance_zero() -> None:
+    import constrained_grad as cg
+
+    net = _relu_into_flat_region()
+    cert = cg.certify_interval(
+        net, [-2.0] * D, [2.0] * D, input_index=0, lower=0.0, tol=0.0, time_limit=20
+    )
+    assert cert.status == "certified"
+    flipped = _relu_into_flat_region()
+    with torch.no_grad():
+        flipped[2].weight.neg_()
+    bad = cg.certify_interval(
+        flipped, [-2.0] * D, [2.0] * D, input_index=0, lower=0.0, tol=0.0, time_limit=20
+    )
+    assert bad.status == "violated"
+
+
+def test_the_sound_affine_map_encloses_exact_rational_arithmetic() -> None:
+    """``[lo, hi] W^T + b`` in sound float64 against the exact result in fractions, for
+    intervals and weights spanning many magnitudes and both signs (and exact zeros)."""
+    from fractions import Fraction
+
+    from constrained_grad.derivatives.bounds import Affine, _Ops
+
+    g = torch.Generator().manual_seed(3)
+    n, k, m = 40, 9, 5
+
+    def draw(*shape: int) -> torch.Tensor:
+        mag = 10 ** (torch.rand(*shape, generator=g, dtype=torch.float64) * 16 - 8)
+        sign = torch.randint(0, 3, shape, generator=g).to(torch.float64) - 1  # -1, 0, 1
+        return mag * sign
+
+    a, b = draw(n, k), draw(n, k)
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    w, bias = draw(m, k), draw(m)
+    for tangent in (False, True):
+        low, high = _Ops(sound=True).affine(lo, hi, Affine(w, bias), tangent=tangent)
+        for r in range(n):
+            for o in range(m):
+                terms = [
+                    min(Fraction(w[o, i].item()) * Fraction(lo[r, i].item()),
+                        Fraction(w[o, i].item()) * Fraction(hi[r, i].item()))
+                    for i in range(k)
+                ]  # fmt: skip
+                tops = [
+                    max(Fraction(w[o, i].item()) * Fraction(lo[r, i].item()),
+                        Fraction(w[o, i].item()) * Fraction(hi[r, i].item()))
+                    for i in range(k)
+                ]  # fmt: skip
+                extra = 0 if tangent else Fraction(bias[o].item())
+                assert Fraction(low[r, o].item()) <= sum(terms) + extra
+                assert Fraction(high[r, o].item()) >= sum(tops) + extra
+
+
 # ------------------------------------------------------------------------------- gradients
 
 

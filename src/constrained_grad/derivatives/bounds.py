@@ -33,11 +33,17 @@ never looser than either.
 the plain one; its width shrinks quadratically with the box. It is skipped on boxes where
 :math:`\sigma'` jumps (a ReLU kink, softplus crossing its threshold).
 
-``sound=True`` (float64 only) widens every affine result by :math:`(n + 8) 2^{-51}` times
-:math:`|W|(|c| + r) + |b|` (:math:`n` the fan-in, a bound on the rounding of float64 dot
-products) and every activation value, derivative, sum and product by :math:`10^{-15}`
-relative and absolute slack, so that the bounds enclose the real-arithmetic derivative of
-the network with the given float64 weights: that is what a certificate needs. Without it the
+``sound=True`` (float64 only) computes each end of an affine map as a difference of two
+sums of nonnegative products and widens each sum by :math:`(K + 9) 2^{-50}` relative
+(:math:`K` terms; a bound on float64 dot-product rounding) plus, where some product has two
+nonzero factors, the smallest normal number (underflow); products get :math:`10^{-15}`
+relative slack (and the underflow term), sums :math:`10^{-15}` relative, activation values
+and derivatives :math:`10^{-15}` relative and absolute slack. Products with a zero factor
+and sums of zeros are exact in floating point and get no slack, so an end that is exactly 0
+in real arithmetic (a ReLU unit's derivative interval :math:`[0, 1]` times a nonnegative
+column) stays 0 and a property that holds with equality there is still proved. The bounds
+enclose the real-arithmetic derivative of the network with the given float64 weights:
+that is what a certificate needs. Without it the
 same maths runs in the model's dtype and is differentiable in the weights (autograd through
 ``min``/``max``/``where``): that is what certified training needs.
 """
@@ -53,6 +59,7 @@ import torch
 from constrained_grad.errors import CertificationError, InputValidationError
 
 REL = 1e-15  # relative (and absolute) slack of activations, sums and products (sound mode)
+TINY = 2.0**-1022  # smallest normal float64: covers one underflowed product or sum (sound mode)
 ULP2 = 2.0**-51  # twice the float64 unit roundoff
 SUPPORTED = (
     "nn.Linear, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity, "
@@ -162,6 +169,7 @@ class _Ops:
         self.sound = sound
 
     def widen(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Relative and absolute slack: results of library functions (``tanh``, ...)."""
         if not self.sound:
             return lo, hi
         return lo - REL * (1.0 + lo.abs()), hi + REL * (1.0 + hi.abs())
@@ -169,32 +177,74 @@ class _Ops:
     def affine(
         self, lo: torch.Tensor, hi: torch.Tensor, layer: Affine, *, tangent: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[lo, hi] W^T (+ b)`` for rows of intervals."""
+        r"""``[lo, hi] W^T (+ b)`` for rows of intervals.
+
+        Each end is a difference of two sums of nonnegative products, e.g. the lower end
+        :math:`\sum_i \min(w_i l_i, w_i h_i) = (l^+ W^+ + h^- W^-) - (l^- W^+ + h^+ W^-)`
+        with :math:`W^\pm, l^\pm, h^\pm \ge 0` the parts of each sign. A part whose
+        products all have a zero factor is exactly 0 in floating point too, so an end that
+        is 0 in exact arithmetic (a unit whose derivative interval is ``[0, 1]`` times a
+        nonnegative column, a dead region) stays 0 in the sound mode: a property that holds
+        with equality there is still proved. Sound mode: each sum of ``K`` products is off
+        by at most :math:`\gamma = (K + 8) 2^{-51}` relative, plus underflow (at most the
+        smallest normal number per sum, only when some product has two nonzero factors).
+        """
         w = layer.weight
-        aw = w.abs()
-        c, r = (lo + hi) * 0.5, (hi - lo) * 0.5
-        mid = c @ w.T
+        wp, wn = w.clamp_min(0.0), (-w).clamp_min(0.0)
+        lp, ln = lo.clamp_min(0.0), (-lo).clamp_min(0.0)
+        hp, hn = hi.clamp_min(0.0), (-hi).clamp_min(0.0)
+        # the four sums, one matmul: lower = P_lo - N_lo, upper = P_hi - N_hi
+        parts = torch.stack(
+            torch.broadcast_tensors(
+                torch.cat([lp, hn], -1),  # P_lo
+                torch.cat([ln, hp], -1),  # N_lo
+                torch.cat([hp, ln], -1),  # P_hi
+                torch.cat([hn, lp], -1),  # N_hi
+            )
+        )
+        w2 = torch.cat([wp, wn], dim=1)  # (out, 2 in)
+        sums = parts @ w2.T
         if not tangent:
-            mid = mid + layer.bias
-        rad = r @ aw.T
-        if self.sound:
-            scale = (c.abs() + r) @ aw.T
-            if not tangent:
-                scale = scale + layer.bias.abs()
-            rad = rad + (w.shape[1] + 8) * ULP2 * scale + 1e-300
-        return mid - rad, mid + rad
+            b = layer.bias
+            bias = torch.stack([b.clamp_min(0.0), (-b).clamp_min(0.0)] * 2)
+            sums = sums + bias.reshape(4, *([1] * (sums.dim() - 2)), -1)
+        p_lo, n_lo, p_hi, n_hi = sums.unbind(0)
+        if not self.sound:
+            return p_lo - n_lo, p_hi - n_hi
+        gamma = (w2.shape[1] + 9) * ULP2
+        nonzero = (parts != 0).to(w2.dtype) @ (w2 != 0).to(w2.dtype).T
+        if not tangent:
+            nonzero = nonzero + (bias != 0).reshape(4, *([1] * (sums.dim() - 2)), -1)
+        under = torch.where(nonzero > 0, TINY, 0.0)  # underflow, only where a product can
+        lower = p_lo * (1 - 2 * gamma) - torch.where(p_lo > 0, under[0], 0.0)
+        lower = lower - (n_lo * (1 + 2 * gamma) + under[1])
+        upper = p_hi * (1 + 2 * gamma) + under[2]
+        upper = upper - (n_hi * (1 - 2 * gamma) - torch.where(n_hi > 0, under[3], 0.0))
+        return lower - REL * lower.abs(), upper + REL * upper.abs()
 
     def product(
         self, al: torch.Tensor, ah: torch.Tensor, bl: torch.Tensor, bh: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[al, ah] * [bl, bh]`` elementwise (broadcasting)."""
-        p = torch.stack(torch.broadcast_tensors(al * bl, al * bh, ah * bl, ah * bh))
-        return self.widen(p.amin(0), p.amax(0))
+        """``[al, ah] * [bl, bh]`` elementwise (broadcasting). Sound mode: a product with a
+        zero factor is exact (so ``[0, 1] * [t, u]`` with ``t >= 0`` keeps its 0); the
+        others get relative slack and, for underflow, the smallest normal number."""
+        a = torch.stack(torch.broadcast_tensors(al, al, ah, ah, bl))[:4]
+        b = torch.stack(torch.broadcast_tensors(bl, bh, bl, bh, al))[:4]
+        p = a * b
+        if not self.sound:
+            return p.amin(0), p.amax(0)
+        slack = REL * p.abs() + torch.where((a != 0) & (b != 0), TINY, 0.0)
+        return (p - slack).amin(0), (p + slack).amax(0)
 
     def add(
         self, al: torch.Tensor, ah: torch.Tensor, bl: torch.Tensor, bh: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.widen(al + bl, ah + bh)
+        """Interval sum. Sound mode: a float64 sum is off by at most a relative rounding
+        (addition never underflows), so ``0 + 0`` stays exactly 0."""
+        lo, hi = al + bl, ah + bh
+        if not self.sound:
+            return lo, hi
+        return lo - REL * lo.abs(), hi + REL * hi.abs()
 
     def activation(
         self, layer: Activation, lo: torch.Tensor, hi: torch.Tensor
