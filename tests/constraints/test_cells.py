@@ -138,6 +138,21 @@ def test_refinement_splits_only_violated_cells_and_keeps_the_partition() -> None
     )
 
 
+def test_with_a_slack_refinement_still_splits_only_cells_that_fail_the_property() -> None:
+    """The slack pushes bounds in training; a cell whose bound holds but by less than the
+    slack is not split (it needs a push, not a finer cell), nor counted as failing."""
+    box = cg.Box([-1.0, -1.0], [1.0, 1.0])
+    model = _mixed_net()
+    violation = _worst_violation(model, *cg.Cells(box, splits=4).cells(None)[:2], 0)
+    slack = float(-violation[violation <= 0].max()) + 0.5  # every holding cell within it
+    cells = cg.Cells(box, splits=4, refine_every=0, refine=100, max_cells=200, slack=slack)
+    problem = _problem(model, cells)
+    _evaluate(problem, 2, 2)
+    violated = violation > 0
+    assert cells.proved == int((~violated).sum()) > 0
+    assert problem.refine_cells() == int(violated.sum())
+
+
 def test_repeated_refinement_respects_the_budget_and_says_so() -> None:
     box = cg.Box([-1.0, -1.0, -1.0], [1.0, 1.0, 1.0])
     model = _tanh_net(3, 1, seed=0)

@@ -231,6 +231,20 @@ def test_a_monotone_relu_net_with_a_flat_region_is_certified_at_tolerance_zero()
     assert bad.status == "violated"
 
 
+@pytest.mark.parametrize("sound", [False, True])
+def test_a_network_without_activations_is_bounded_by_its_weights(sound: bool) -> None:
+    """Affine layers only (no activation: no reverse pass to intersect, which crashed)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D, 4), nn.Linear(4, M)).double()
+    lo, hi = _random_cells(5, seed=2)
+    b = column_bounds(network_layers(net, D, who="test"), lo, hi, [0, 2], sound=sound)
+    jac = (net[1].weight @ net[0].weight)[:, [0, 2]].detach().expand(5, M, 2)
+    torch.testing.assert_close(b.lower.detach(), jac, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b.upper.detach(), jac, rtol=1e-12, atol=1e-12)
+    if sound:  # and encloses the float64 product
+        assert (b.lower.detach() <= jac).all() and (b.upper.detach() >= jac).all()
+
+
 def test_the_sound_affine_map_encloses_exact_rational_arithmetic() -> None:
     """``[lo, hi] W^T + b`` in sound float64 against the exact result in fractions, for
     intervals and weights spanning many magnitudes and both signs (and exact zeros)."""

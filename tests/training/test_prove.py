@@ -321,3 +321,39 @@ def test_by_default_the_constraint_over_cells_is_what_is_proved() -> None:
     )
     assert prover.checks[0]["status"] == {"proved": "certified"}
     assert prover.status == "proved"
+
+
+def _unproved_over_cells(model: nn.Module, cells: cg.Cells) -> tuple[cg.Prover, Any]:
+    problem = cg.DerivativeProblem(
+        model, nn.functional.mse_loss, [cg.Monotonic(inputs=[0], where=cells, name="mono")]
+    )
+    prover = cg.Prover(BOX, every=100, time_limit=10, samples=0)
+    with pytest.warns(UserWarning, match="Prover: not proved") as caught:
+        result = cg.fit(
+            problem,
+            _loader(),
+            torch.optim.SGD(model.parameters(), lr=0.0),
+            steps=6,
+            epochs=10,
+            progress=False,
+            callbacks=[prover],
+        )
+    assert prover.status == "not proved"
+    assert result.history.meta["proof"]["advice"] in str(caught[0].message)
+    return prover, result.history.meta["proof"]["advice"]
+
+
+def test_a_cell_budget_spent_on_violated_cells_is_named_with_what_to_change() -> None:
+    cells = cg.Cells(BOX, splits=2, max_cells=5, refine_every=1, refine=4)
+    _, advice = _unproved_over_cells(_decreasing_net(), cells)
+    assert cells.exhausted and "max_cells" in advice and "'mono'" in advice
+
+
+def test_a_bound_a_hair_short_advises_a_slack() -> None:
+    """Slope -5e-6 in x0: the bound misses by 5e-6, too little to grow a multiplier."""
+    model = nn.Sequential(nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[-5e-6, 1.0]]))
+    cells = cg.Cells(BOX, splits=2, refine_every=0)
+    _, advice = _unproved_over_cells(model, cells)
+    assert "slack" in advice and "5.0e-06" in advice

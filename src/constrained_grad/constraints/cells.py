@@ -12,10 +12,10 @@ where :math:`\underline{\partial_j f_i}(C) \le \partial f_i/\partial x_j(x)` for
 :math:`x \in C`, :math:`m` the declared margin and :math:`s` the cell ``slack``. The bound is
 differentiable in the weights, so the multipliers of violated cells push the network towards
 weights whose bounds are tight. Every ``refine_every`` steps the cells whose bound is still
-violated are split (the worst first, up to ``refine`` per round) along the axis whose halves
-have the best worst bound (continuous features are halved; a categorical feature or one-hot
-group not yet decided is split into one child per value); a child inherits its parent's
-multiplier. ``max_cells`` caps the partition.
+violated (without the slack) are split (the worst first, up to ``refine`` per round) along
+the axis whose halves have the best worst bound (continuous features are halved; a
+categorical feature or one-hot group not yet decided is split into one child per value); a
+child inherits its parent's multiplier. ``max_cells`` caps the partition.
 
 When every cell's bound holds, recomputing the bounds in float64 with rounding slack over
 the final partition, splitting further where rounding leaves a cell a hair short, is a
@@ -56,9 +56,12 @@ class Cells(PointSource):
         max_cells: the cell budget (also the number of multipliers).
         refine_every: steps between refinement rounds (0: never refine).
         refine: most cells split per round (the most violated first).
-        slack: extra margin the cells' bounds must clear in training (0 by default: the
-            certificate recomputes the bounds in float64 and splits the few cells that
-            float32 rounding left a hair short).
+        slack: extra margin the cells' bounds must clear in training (0 by default). A
+            cell whose bound sits a hair (say 1e-6) on the wrong side grows its multiplier
+            by only ``dual_lr`` times that hair per step, so such cells can hover unproved;
+            a small slack in the derivative's units (e.g. 1e-4 for standardised data) keeps
+            pushing them across. Refinement and the count of cells whose bound holds
+            ignore the slack (they judge the declared constraint).
         batch_size: cells evaluated per step (all when None).
     """
 
@@ -262,7 +265,7 @@ class Cells(PointSource):
         last = self.last[: self.n]
         self._device_last = None  # refinement writes the children's bounds on the host
         order = torch.argsort(last, descending=True)
-        todo = [int(k) for k in order[: self.refine] if last[k] > -self.slack]
+        todo = [int(k) for k in order[: self.refine] if last[k] > 0]  # the property fails
         cands = {k: self._children(k) for k in todo}
         todo = [k for k in todo if cands[k]]
         if not todo:

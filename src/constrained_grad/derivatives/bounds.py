@@ -450,7 +450,7 @@ def _column_bounds(
     second = mean_value and smooth
     fwd = _forward(ops, layers, lo, hi, cols, second=second)
     gl, gh, unstable = fwd.lower, fwd.upper, fwd.unstable
-    if reverse:
+    if reverse and fwd.deriv:  # (an affine map alone: the forward enclosure is exact)
         rl, rh = _reverse(ops, layers, fwd.deriv, cols)
         gl, gh = torch.maximum(gl, rl), torch.minimum(gh, rh)
     spread = None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,6 +178,34 @@ class Prover:
                 if isinstance(c.where, Cells)
             },
         }
+        if not self.final_proved:
+            advice = self._advice(problem)
+            if advice:
+                history.meta["proof"]["advice"] = advice
+                warnings.warn(f"Prover: not proved. {advice}", stacklevel=2)
+
+    @staticmethod
+    def _advice(problem: Any) -> str:
+        """What to change when constraints over cells ended unproved."""
+        tips = []
+        for name, c in problem.specs.items():
+            cells = c.where
+            if not isinstance(cells, Cells) or not math.isfinite(cells.worst):
+                continue
+            if cells.worst <= 0:
+                continue
+            if cells.exhausted:
+                tips.append(
+                    f"{name!r}: the cell budget is spent ({cells.n} cells) with bounds still "
+                    f"violated by up to {cells.worst:.3g}; raise Cells(max_cells=...)."
+                )
+            elif cells.slack == 0 and cells.worst < 1e-4:
+                tips.append(
+                    f"{name!r}: the worst cell misses by only {cells.worst:.1e}, too little "
+                    "for its multiplier to grow; give Cells a small slack (e.g. "
+                    "slack=1e-4 in the derivative's units)."
+                )
+        return " ".join(tips)
 
     # -- one check ---------------------------------------------------------------------------
     def _specs(self, problem: Any) -> list[Any]:
