@@ -251,7 +251,8 @@ class GradientMatch(DerivativeConstraint):
             a single selected output, else ``(outputs, d)``.
         outputs: outputs whose rows are matched (default all).
         normalize: divide the squared error by the batch's mean :math:`\|S\|^2`, so that
-            ``tolerance=1e-4`` means a 1% relative RMS error.
+            ``tolerance=1e-4`` means a 1% relative RMS error. The mean is computed once
+            per targets tensor while it comes back unedited (full-batch training).
         estimator: ``"exact"`` (all rows) or ``"vjp_sphere"`` (``samples`` random output
             projections :math:`\|v^\top (J - S)\|^2`, unbiased, for many outputs).
 
