@@ -120,6 +120,32 @@ def test_gradient_match_exact_normalized_from_batch_field() -> None:
     torch.testing.assert_close(g[:, 0], mse / s.pow(2).mean() - 0.01, rtol=1e-10, atol=1e-12)
 
 
+def test_gradient_match_normaliser_follows_targets_edited_in_place_or_replaced() -> None:
+    """The normaliser mean(S**2) is cached per targets tensor: it must follow an in-place
+    edit of the same tensor, a new tensor, and a view of other strides of the same memory."""
+    x = _points()
+    model = _model()
+    jac = _oracle_jacobian(model, x)
+    s = torch.randn(B, M, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    problem = cg.DerivativeProblem(model, None, [cg.GradientMatch("targets", normalize=True)])
+
+    def check(targets: torch.Tensor) -> None:
+        problem.compute_cmp_state((x, targets))
+        got = problem.last_evals["gradientmatch_0"].violations[:, 0]
+        mse = (jac - targets).pow(2).mean(dim=(1, 2))
+        torch.testing.assert_close(got, mse / targets.pow(2).mean(), rtol=1e-12, atol=0.0)
+
+    check(s)
+    check(s)  # the cached normaliser
+    s.mul_(3.0)  # same tensor, same memory, new values
+    check(s)
+    check(s.clone() + 1.0)  # another tensor
+    # the same first address, shape and version, other strides: other entries
+    wide = torch.randn(B, M, 2 * D, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    check(wide[:, :, :D])
+    check(wide.reshape(-1)[: B * M * D].reshape(B, M, D))
+
+
 def test_gradient_match_tensor_at_points_equals_batch_field() -> None:
     """Targets aligned with AtPoints ids give the same violations as a batch field."""
     x = _points()

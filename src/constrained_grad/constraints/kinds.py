@@ -251,7 +251,8 @@ class GradientMatch(DerivativeConstraint):
             a single selected output, else ``(outputs, d)``.
         outputs: outputs whose rows are matched (default all).
         normalize: divide the squared error by the batch's mean :math:`\|S\|^2`, so that
-            ``tolerance=1e-4`` means a 1% relative RMS error.
+            ``tolerance=1e-4`` means a 1% relative RMS error. The mean is computed once
+            per targets tensor while it comes back unedited (full-batch training).
         estimator: ``"exact"`` (all rows) or ``"vjp_sphere"`` (``samples`` random output
             projections :math:`\|v^\top (J - S)\|^2`, unbiased, for many outputs).
 
@@ -390,8 +391,29 @@ class GradientMatch(DerivativeConstraint):
             sq_err = equal_to(rows, s).pow(2).sum(dim=(1, 2))
         err = sq_err / math.prod(s.shape[1:])  # mean squared error per derivative entry
         if self.normalize:
-            err = err / s.pow(2).mean().clamp_min(torch.finfo(err.dtype).tiny)
+            err = err / self._target_scale(s, err.dtype)
         return err.reshape(b, 1)
+
+    def _target_scale(self, s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The normaliser ``mean(S**2)`` (at least the dtype's tiny), computed once per
+        targets tensor: full-batch training meets the same targets every step.
+
+        Reused only for a view of the same memory, shape and strides whose version counter
+        has not moved (an in-place edit of the targets recomputes it); the cache holds
+        ``s``, so its memory cannot be freed and reused by other targets meanwhile.
+        """
+        if s.requires_grad or s.is_inference():  # a graph to keep, or no version counter
+            return s.pow(2).mean().clamp_min(torch.finfo(dtype).tiny)
+        try:
+            key = (s.data_ptr(), s.shape, s.stride(), s.dtype, s.device, s._version, dtype)
+        except RuntimeError:  # a tensor without storage (under torch.func transforms)
+            return s.pow(2).mean().clamp_min(torch.finfo(dtype).tiny)
+        cached = self.__dict__.get("_scale_cache")
+        if cached is not None and cached[0] == key:
+            return cached[2]
+        scale = s.pow(2).mean().clamp_min(torch.finfo(dtype).tiny)
+        self._scale_cache = (key, s, scale)
+        return scale
 
 
 class JacobianNormBound(DerivativeConstraint):

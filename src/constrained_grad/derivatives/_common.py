@@ -131,7 +131,8 @@ def wrap_forward(x: torch.Tensor, y: torch.Tensor, who: str, *, coupled: bool = 
             "inside the model."
         )
     out_shape = tuple(y.shape[1:])
-    return Forward(x=x, y=y.reshape(y.shape[0], -1), out_shape=out_shape, coupled=coupled)
+    flat = y if y.dim() == 2 else y.reshape(y.shape[0], -1)  # no view (graph node) if flat
+    return Forward(x=x, y=flat, out_shape=out_shape, coupled=coupled)
 
 
 def require_tensor(y: object, who: str) -> None:

@@ -75,6 +75,7 @@ class DerivativeValues:
         self.paths: dict[str, str] = {}
         self._columns: dict[int, torch.Tensor] = {}
         self._rows: dict[int, torch.Tensor] = {}
+        self._row_blocks: dict[int, torch.Tensor] = {}  # one row as (B, 1, d)
         self._second: dict[int, torch.Tensor] = {}
         self._fro: dict[tuple[str, int], torch.Tensor] = {}
         self._jacobian: torch.Tensor | None = None
@@ -138,6 +139,8 @@ class DerivativeValues:
 
     def rows(self, outputs: Sequence[int]) -> torch.Tensor:
         """Rows ``(B, k, d)`` for flat output indices ``outputs``."""
+        if len(outputs) == 1 and outputs[0] in self._row_blocks:
+            return self._row_blocks[outputs[0]]
         missing = [i for i in outputs if i not in self._rows]
         if missing:
             if self._jacobian is not None or self.needs.jacobian:
@@ -149,11 +152,16 @@ class DerivativeValues:
                 rows, path = rows_from_forward(
                     self._fwd, wanted, create_graph=self.create_graph, who="engine"
                 )
+                if len(wanted) == 1:  # (B, 1, d) as computed: no select-then-unsqueeze
+                    self._row_blocks[wanted[0]] = rows
                 for k, i in enumerate(wanted):
                     self._rows[i] = rows[:, k, :]
                 self.paths["rows"] = path
         if len(outputs) == 1:  # a view, not a copy (the usual single-output case)
-            return self._rows[outputs[0]].unsqueeze(1)
+            block = self._row_blocks.get(outputs[0])
+            if block is None:
+                block = self._row_blocks[outputs[0]] = self._rows[outputs[0]].unsqueeze(1)
+            return block
         return torch.stack([self._rows[i] for i in outputs], dim=1)
 
     def projections(self, samples: int) -> tuple[torch.Tensor, torch.Tensor]:

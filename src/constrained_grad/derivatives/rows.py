@@ -18,12 +18,20 @@ from constrained_grad.derivatives._common import (
     forward,
     unit_cotangents,
 )
+from constrained_grad.derivatives.diagnostics import grad as checked_grad
 
 
 def rows_from_forward(
     fwd: Forward, outputs: list[int], *, create_graph: bool, who: str
 ) -> tuple[torch.Tensor, str]:
     """Rows for the (flat) ``outputs`` of a kept forward pass: ``(B, len(outputs), d)``."""
+    if len(outputs) == 1 and not fwd.coupled:
+        # the one-row case of batched_vjp with the same cotangent (e_i broadcast over the
+        # batch) and the same backward pass, without its stack of views: each view would
+        # be one more node in the graph the training step differentiates again
+        seed = unit_cotangents(outputs, fwd.n_outputs, fwd.y).expand(fwd.batch, -1)
+        g = checked_grad(fwd.y, fwd.x, seed, create_graph=create_graph, who=who)
+        return g.reshape(fwd.batch, 1, -1), "reverse"
     vectors = unit_cotangents(outputs, fwd.n_outputs, fwd.y).unsqueeze(1).expand(-1, fwd.batch, -1)
     g, path = batched_vjp(fwd, vectors, create_graph=create_graph, who=who)
     if len(outputs) == 1:  # (1, B, ...) -> (B, 1, d) as one view

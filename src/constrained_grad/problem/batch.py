@@ -52,8 +52,15 @@ class Batch:
             return self
         dev = torch.device(device)
 
+        def stays(v: Any) -> bool:
+            return not isinstance(v, torch.Tensor) or v.device == dev
+
+        here = stays(self.x) and stays(self.y) and stays(self.index)
+        if here and (not self.extras or all(stays(v) for v in self.extras.values())):
+            return self  # everything is there already: no copy of the batch either
+
         def move(v: Any) -> Any:
-            if not isinstance(v, torch.Tensor) or v.device == dev:
+            if stays(v):
                 return v  # already there: no dispatch at all (a per-step cost otherwise)
             return v.to(dev, non_blocking=True)
 
@@ -69,6 +76,8 @@ def as_batch(item: Any, who: str = "DerivativeProblem") -> Batch:
     """Normalise whatever a loader yields into a :class:`Batch`."""
     if isinstance(item, Batch):
         batch = item
+    elif type(item) is tuple and len(item) == 2:  # (x, y), the usual loader item
+        batch = Batch(item[0], item[1])
     elif isinstance(item, torch.Tensor):
         batch = Batch(item)
     elif isinstance(item, Mapping):

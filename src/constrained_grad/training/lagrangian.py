@@ -62,12 +62,16 @@ class StepLagrangian:
             cs = observed.get(cons)
             if cs is None or weight is None:
                 continue
+            # no reshape of what is flat already: each op counts on small problems
+            lam = weight.detach()
+            if lam.dim() != 1:
+                lam = lam.reshape(-1)
             if indexed:
-                lam = weight.detach().reshape(-1)[cs.constraint_features]
-            else:
-                lam = weight.detach().reshape(-1)
+                lam = lam[cs.constraint_features]
             if primal and cs.contributes_to_primal_update:
-                violation = cs.violation.reshape(-1)
+                violation = cs.violation
+                if violation.dim() != 1:
+                    violation = violation.reshape(-1)
                 if violation.dtype != lam.dtype:
                     violation = violation.to(lam.dtype)
                 term = torch.dot(lam, violation)
@@ -107,7 +111,10 @@ class StepLagrangian:
 
 def _set_dual_grad(weight: torch.nn.Parameter, cs: cooper.ConstraintState, indexed: bool) -> None:
     strict = cs.strict_violation if cs.strict_violation is not None else cs.violation
-    strict = strict.detach().reshape(-1)
+    if strict.requires_grad:
+        strict = strict.detach()
+    if strict.dim() != 1:
+        strict = strict.reshape(-1)
     if strict.dtype != weight.dtype:
         strict = strict.to(weight.dtype)
     if indexed:
@@ -123,5 +130,5 @@ def _set_dual_grad(weight: torch.nn.Parameter, cs: cooper.ConstraintState, index
             ids.reshape(1, -1), strict.reshape(-1, 1), weight.shape, check_invariants=False
         )
     else:
-        grad = strict.reshape(weight.shape)
+        grad = strict if strict.shape == weight.shape else strict.reshape(weight.shape)
     weight.grad = grad if weight.grad is None else weight.grad + grad

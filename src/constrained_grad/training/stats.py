@@ -133,7 +133,7 @@ class StepStats:
                 g = flat[pos : pos + n_raw]
                 mean = sum(g) / n_raw
                 worst = _NAN if math.isnan(mean) else max(g)  # max() ignores NaN by accident
-                viol.append([mean, worst, sum(v > 0 for v in g) / n_raw])
+                viol.append([mean, worst, len([v for v in g if v > 0]) / n_raw])
                 pos += n_raw
             else:
                 viol.append(flat[pos : pos + 3])
