@@ -533,7 +533,11 @@ def constraints_for(
         return cons, source
     if method == "certified":
         cells = cg.Cells(
-            split.box, max_cells=cfg.max_cells, refine_every=cfg.refine_every, refine=cfg.refine
+            split.box,
+            max_cells=cfg.max_cells,
+            refine_every=cfg.refine_every,
+            refine=cfg.refine,
+            slack=cfg.cells_slack,
         )
         return [
             cg.Monotonic(mono, direction, margin=conf.margin, name="on_batch"),
@@ -1160,6 +1164,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine", type=int, default=4, help="certified: cells split per round")
     p.add_argument(
         "--cells-dual-lr", type=float, default=0.05, help="certified: dual step of the cells"
+    )
+    p.add_argument(
+        "--cells-slack",
+        type=float,
+        default=1e-4,
+        help="certified: extra margin the cells' bounds must clear in training (cg.Cells slack; "
+        "the certificate still proves the constraint at margin 0)",
     )
     p.add_argument(
         "--milp-every",
