@@ -13,10 +13,6 @@ import torch
 from torch import nn
 
 from constrained_grad.derivatives.bounds import (
-    Activation,
-    _affine_column,
-    _lin,
-    _Ops,
     cell_values,
     column_bounds,
     network_layers,
@@ -152,16 +148,12 @@ def test_intersections_are_never_looser_than_the_forward_enclosure_alone(act: st
     net = _mlp(act, 4).double()
     lo, hi = _random_cells(200, 4)
     cols = list(range(D))
-    fl, fh = _bounds(net, lo, hi, cols, reverse=False, mean_value=False, affine=False)
-    for kw in (
-        {"reverse": True, "mean_value": False, "affine": False},
-        {"reverse": True, "mean_value": True, "affine": False},
-        {"reverse": True, "mean_value": True, "affine": True},
-    ):
+    fl, fh = _bounds(net, lo, hi, cols, reverse=False, mean_value=False)
+    for kw in ({"reverse": True, "mean_value": False}, {"reverse": True, "mean_value": True}):
         gl, gh = _bounds(net, lo, hi, cols, **kw)
         assert (gl >= fl).all() and (gh <= fh).all(), kw
     # and the reverse pass does tighten somewhere: it is not a no-op
-    rl, rh = _bounds(net, lo, hi, cols, reverse=True, mean_value=False, affine=False)
+    rl, rh = _bounds(net, lo, hi, cols, reverse=True, mean_value=False)
     assert ((rl > fl + 1e-9) | (rh < fh - 1e-9)).any()
 
 
@@ -174,9 +166,7 @@ def test_mean_value_form_shrinks_the_overestimate_quadratically_on_small_cells(a
     centre = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
 
     def excess(r: float, mean_value: bool) -> float:
-        lower, upper = _bounds(
-            net, centre - r, centre + r, [1], mean_value=mean_value, affine=False
-        )
+        lower, upper = _bounds(net, centre - r, centre + r, [1], mean_value=mean_value)
         jac = _jacobians(net, _samples(centre - r, centre + r, 2000, 0))[..., 1]
         return float(((upper - lower)[:, :, 0] - (jac.amax(1) - jac.amin(1))).max())
 
@@ -281,89 +271,3 @@ def test_a_box_of_the_wrong_width_or_not_finite_is_refused() -> None:
         column_bounds(layers, bad, hi.float(), [0], who="test")
     with pytest.raises(InputValidationError, match="lower corner above its upper"):
         column_bounds(layers, hi.float(), lo.float(), [0], who="test")
-
-
-# ------------------------------------------------------------------------------- affine form
-
-
-@pytest.mark.parametrize("kind", ["tanh", "sigmoid"])
-@pytest.mark.parametrize("deriv", [False, True], ids=["value", "derivative"])
-@pytest.mark.parametrize("sound", [False, True], ids=["plain", "sound"])
-def test_line_enclosure_of_the_activation_holds_and_its_band_is_the_true_range(
-    kind: str, deriv: bool, sound: bool
-) -> None:
-    """``a z + [bl, bh]`` contains tanh / sigmoid (or their derivative) at 10001 points of
-    each of 200 random intervals (widths 1e-6 to 20, centres in [-8, 8]), and ``bl``, ``bh``
-    are the extremes of ``f(z) - a z`` up to the sampling resolution (they are computed at
-    the critical points, not bounded loosely)."""
-    g = torch.Generator().manual_seed(11)
-    n = 200
-    width = 10 ** (torch.rand(n, generator=g, dtype=torch.float64) * 7.3 - 6)
-    lo = torch.rand(n, generator=g, dtype=torch.float64) * 16 - 8 - width / 2
-    hi = lo + width
-    a, bl, bh = _lin(_Ops(sound), Activation(kind), lo, hi, deriv)
-    z = lo[:, None] + (hi - lo)[:, None] * torch.linspace(0, 1, 10001, dtype=torch.float64)
-    zz = z.clone().requires_grad_(True)
-    f = torch.tanh(zz) if kind == "tanh" else torch.sigmoid(zz)
-    if deriv:
-        f = torch.autograd.grad(f.sum(), zz)[0]
-    r = f.detach() - a[:, None] * z
-    tol = 1e-15 if sound else 1e-12
-    assert (r >= bl[:, None] - tol).all() and (r <= bh[:, None] + tol).all()
-    assert (bl >= r.amin(1) - 1e-5).all() and (bh <= r.amax(1) + 1e-5).all()
-
-
-def _smooth_net(acts: list[str], seed: int, scale: float) -> nn.Sequential:
-    """A D-8-...-8-M MLP with the given hidden activations, weights scaled by ``scale``."""
-    torch.manual_seed(seed)
-    mods: list[nn.Module] = []
-    width = D
-    for act in acts:
-        mods += [nn.Linear(width, 8), ACTS[act]()]
-        width = 8
-    net = nn.Sequential(*mods, nn.Linear(width, M))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.mul_(scale)
-    return net.double()
-
-
-@pytest.mark.parametrize(
-    "acts",
-    [["tanh", "tanh"], ["sigmoid", "sigmoid"], ["tanh", "sigmoid", "tanh"], ["tanh"]],
-    ids=["tanh", "sigmoid", "mixed-3-layers", "tanh-1-layer"],
-)
-@pytest.mark.parametrize("sound", [False, True], ids=["plain", "sound"])
-def test_affine_enclosure_alone_contains_float64_autograd_derivatives(
-    acts: list[str], sound: bool
-) -> None:
-    """The affine-arithmetic enclosure by itself (not intersected with the others) contains
-    the derivatives at dense samples and the corners of grid and random cells, for every
-    output and column, with weights large enough that units saturate."""
-    cols = list(range(D))
-    for seed, scale in ((0, 1.0), (1, 3.0)):
-        net = _smooth_net(acts, seed, scale)
-        layers = network_layers(net, D, who="test")
-        for lo, hi in (_grid_cells(2), _random_cells(40, seed)):
-            with torch.no_grad():
-                lower, upper = _affine_column(_Ops(sound), layers, lo, hi, cols)
-            jac = _jacobians(net, _samples(lo, hi, 64, seed))
-            tol = 1e-13 if sound else 1e-10
-            scale_ = 1 + jac.abs()
-            assert (lower[:, None] <= jac + tol * scale_).all(), (acts, seed)
-            assert (jac <= upper[:, None] + tol * scale_).all(), (acts, seed)
-
-
-@pytest.mark.parametrize("act", ["tanh", "sigmoid"])
-def test_affine_form_tightens_the_bound_on_wide_cells(act: str) -> None:
-    """On cells of width 1 the interval enclosures (forward, reverse, mean-value) lose how
-    the derivative factors of different units move together with ``x``; the affine form
-    keeps it: the lower bound rises on most cells and the bound is narrower on average."""
-    net = _mlp(act, 12, scale=1.0).double()
-    lo, hi = _grid_cells(2)
-    cols = list(range(D))
-    old_l, old_h = _bounds(net, lo, hi, cols, affine=False)
-    new_l, new_h = _bounds(net, lo, hi, cols)
-    assert (new_l >= old_l).all() and (new_h <= old_h).all()
-    assert (new_l > old_l + 1e-6).float().mean() > 0.5
-    assert float((new_h - new_l).mean()) < 0.8 * float((old_h - old_l).mean())

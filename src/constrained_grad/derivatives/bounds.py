@@ -33,27 +33,13 @@ never looser than either.
 the plain one; its width shrinks quadratically with the box. It is skipped on boxes where
 :math:`\sigma'` jumps (a ReLU kink, softplus crossing its threshold).
 
-**Affine form** (tanh and sigmoid networks): intervals forget that every hidden quantity
-moves with the same ``x``, so the derivative factors of different units cannot cancel. In
-affine arithmetic each quantity is a form :math:`c + \sum_m g_m \varepsilon_m \pm r` in the
-box's noise symbols (:math:`x_m = c_m + r_m \varepsilon_m`, :math:`\varepsilon_m \in
-[-1, 1]`): affine layers map forms exactly; an activation and its derivative over the
-unit's range :math:`[l, u]` are replaced by the chord-slope line plus a band
-:math:`a z + [b_l, b_h]` whose ends are the exact extremes of :math:`\sigma(z) - a z` (at
-the ends or at the critical points, :math:`\tanh' = a` and :math:`\tanh'' = a` solved in
-closed form; sigmoid through :math:`\tanh(z/2)`); products keep the linear part and put the
-product of the deviations in :math:`r`. The forward tangent computed this way is
-intersected too; on wide cells it is what closes most of the gap to the true minimum.
-
 ``sound=True`` (float64 only) widens every affine result by :math:`(n + 8) 2^{-51}` times
 :math:`|W|(|c| + r) + |b|` (:math:`n` the fan-in, a bound on the rounding of float64 dot
 products) and every activation value, derivative, sum and product by :math:`10^{-15}`
-relative and absolute slack (affine forms: the same for their remainders, and the bands'
-ends by :math:`10^{-12}` more for the computed critical points), so that the bounds enclose
-the real-arithmetic derivative of the network with the given float64 weights: that is what
-a certificate needs. Without it the same maths runs in the model's dtype and is
-differentiable in the weights (autograd through ``min``/``max``/``where``): that is what
-certified training needs.
+relative and absolute slack, so that the bounds enclose the real-arithmetic derivative of
+the network with the given float64 weights: that is what a certificate needs. Without it the
+same maths runs in the model's dtype and is differentiable in the weights (autograd through
+``min``/``max``/``where``): that is what certified training needs.
 """
 
 from __future__ import annotations
@@ -355,7 +341,6 @@ def column_bounds(
     *,
     mean_value: bool = True,
     reverse: bool = True,
-    affine: bool = True,
     sound: bool = False,
     who: str = "column_bounds",
 ) -> ColumnBounds:
@@ -367,8 +352,6 @@ def column_bounds(
         inputs: the columns ``j`` to bound.
         mean_value: also use the mean-value form (smooth activations; see the module notes).
         reverse: intersect with the reverse-order enclosure.
-        affine: intersect with the affine-arithmetic enclosure (tanh and sigmoid networks;
-            see the module notes).
         sound: float64 with rounding slack, no autograd graph (a certificate); otherwise
             differentiable in the layers' tensors.
 
@@ -400,9 +383,7 @@ def column_bounds(
             "float64 copies."
         )
     with torch.set_grad_enabled(torch.is_grad_enabled() and not sound):
-        return _column_bounds(
-            layers, lo, hi, list(inputs), mean_value, reverse, affine, _Ops(sound)
-        )
+        return _column_bounds(layers, lo, hi, list(inputs), mean_value, reverse, _Ops(sound))
 
 
 def _column_bounds(
@@ -412,7 +393,6 @@ def _column_bounds(
     cols: list[int],
     mean_value: bool,
     reverse: bool,
-    affine: bool,
     ops: _Ops,
 ) -> ColumnBounds:
     sound = ops.sound
@@ -423,9 +403,6 @@ def _column_bounds(
     if reverse:
         rl, rh = _reverse(ops, layers, fwd.deriv, cols)
         gl, gh = torch.maximum(gl, rl), torch.minimum(gh, rh)
-    if affine and _affine_applies(layers):
-        al, ah = _affine_column(ops, layers, lo, hi, cols)
-        gl, gh = torch.maximum(gl, al), torch.minimum(gh, ah)
     spread = None
     if second and fwd.hess is not None and bool(fwd.ok.any()):
         hl, hh = fwd.hess  # (N, k, d, n_out)
@@ -531,188 +508,6 @@ def _reverse(
         w = layer.weight  # r W = r (W^T)^T: the affine map of the transposed layer
         rl, rh = ops.affine(rl, rh, Affine(w.T, w.new_zeros(w.shape[1])), tangent=True)
     return rl[:, :, cols], rh[:, :, cols]
-
-
-# --------------------------------------------------------------------- affine arithmetic
-FLAT = 1e-3  # chord slopes below this are rounded to 0 (the plain interval; see _lin_tanh)
-ROOT = 1e-12  # sound mode: slack on offsets taken at computed critical points
-
-
-def _affine_applies(layers: Sequence[Layer]) -> bool:
-    """The affine form is implemented for networks whose activations are tanh or sigmoid."""
-    acts = [layer for layer in layers if isinstance(layer, Activation)]
-    return bool(acts) and all(a.kind in ("tanh", "sigmoid") for a in acts)
-
-
-def _chord(fl: torch.Tensor, fh: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """Slope of the chord (any slope gives a sound enclosure; the chord keeps the band
-    narrow), 0 where it is below ``FLAT``; differentiable, so that the bound's gradient in
-    the weights is that of the bound (the band's ends move with the slope)."""
-    w = hi - lo
-    a = torch.where(w > 0, (fh - fl) / torch.where(w > 0, w, torch.ones_like(w)), 0 * w)
-    return torch.where(a.abs() < FLAT, torch.zeros_like(a), a)
-
-
-def _band(
-    ops: _Ops,
-    r: Callable[[torch.Tensor], torch.Tensor],
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    crit: Sequence[torch.Tensor],
-    a: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max of ``r(z) = f(z) - a z`` over ``[lo, hi]`` from its values at the ends and
-    at the critical points ``crit`` (where ``f' = a``) that fall inside."""
-    vals = [r(lo), r(hi)]
-    for z in crit:
-        inside = (z > lo) & (z < hi)
-        vals.append(torch.where(inside, r(torch.where(inside, z, lo)), vals[0]))
-    v = torch.stack(vals)
-    bl, bh = v.amin(0), v.amax(0)
-    if ops.sound:  # rounding of f and of a z, and of the computed critical points
-        pad = 4 * REL * (1.0 + a.abs() * torch.maximum(lo.abs(), hi.abs())) + ROOT
-        bl, bh = bl - pad, bh + pad
-    return bl, bh
-
-
-def _atanh(t: torch.Tensor) -> torch.Tensor:
-    return torch.atanh(t.clamp(-1.0 + 1e-15, 1.0 - 1e-15))
-
-
-def _lin_tanh(
-    ops: _Ops, lo: torch.Tensor, hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""``(a, bl, bh)`` with :math:`\tanh z \in a z + [b_l, b_h]` for ``z`` in ``[lo, hi]``:
-    ``a`` the chord slope; :math:`\tanh z - a z` is extreme at the ends or where
-    :math:`\tanh' z = 1 - t^2 = a`, :math:`t = \pm\sqrt{1 - a}`."""
-    a = _chord(torch.tanh(lo), torch.tanh(hi), lo, hi)
-    t = torch.sqrt((1 - a).clamp_min(0.0))
-    crit = [_atanh(t), _atanh(-t)]
-    bl, bh = _band(ops, lambda z: torch.tanh(z) - a * z, lo, hi, crit, a)
-    return a, bl, bh
-
-
-def _lin_dtanh(
-    ops: _Ops, lo: torch.Tensor, hi: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""``(a, bl, bh)`` with :math:`\tanh' z \in a z + [b_l, b_h]` on ``[lo, hi]``:
-    :math:`\tanh'' z = -2t(1 - t^2) = a` is the cubic :math:`t^3 - t - a/2 = 0`, whose real
-    roots (three, as :math:`|a| \le 4/(3\sqrt3) = \max|\tanh''|` for a chord) are
-    :math:`t = \tfrac{2}{\sqrt3}\cos(\varphi/3 - 2\pi k/3)`,
-    :math:`\varphi = \arccos(\tfrac{3\sqrt3}{4} a)`."""
-
-    def g(z: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(z)
-        return 1 - t * t
-
-    a = _chord(g(lo), g(hi), lo, hi)
-    with torch.no_grad():
-        phi = torch.acos((a * (3 * 3**0.5 / 4)).clamp(-1.0, 1.0))
-        ts = [2 / 3**0.5 * torch.cos(phi / 3 - 2 * math.pi * k / 3) for k in range(3)]
-        if ops.sound:  # two Newton steps on the cubic: roots to float64 accuracy
-            for _ in range(2):
-                ts = [t - (t**3 - t - a / 2) / torch.where(3 * t * t - 1 == 0, 1.0, 3 * t * t - 1)
-                      for t in ts]  # fmt: skip
-        crit = [torch.where(t.abs() < 1, _atanh(t), torch.full_like(t, math.inf)) for t in ts]
-    bl, bh = _band(ops, lambda z: g(z) - a * z, lo, hi, crit, a)
-    return a, bl, bh
-
-
-def _lin(
-    ops: _Ops, layer: Activation, lo: torch.Tensor, hi: torch.Tensor, deriv: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Linear enclosure ``a z + [bl, bh]`` of the activation (``deriv``: its derivative)."""
-    if layer.kind == "tanh":
-        return (_lin_dtanh if deriv else _lin_tanh)(ops, lo, hi)
-    # sigmoid(z) = (1 + tanh(z/2)) / 2 and sigmoid'(z) = tanh'(z/2) / 4
-    a, bl, bh = (_lin_dtanh if deriv else _lin_tanh)(ops, lo * 0.5, hi * 0.5)
-    if deriv:
-        return a * 0.125, bl * 0.25, bh * 0.25
-    return a * 0.25, 0.5 + bl * 0.5, 0.5 + bh * 0.5
-
-
-@dataclass
-class _Form:
-    r"""Affine forms :math:`c + \sum_m g_m \varepsilon_m \pm r` in the noise symbols
-    :math:`\varepsilon_m \in [-1, 1]` of the box (:math:`x_m = c_m + r_m \varepsilon_m`):
-    centre ``c (..., w)``, coefficients ``g (..., w, d)`` and remainder ``r (..., w) >= 0``."""
-
-    c: torch.Tensor
-    g: torch.Tensor
-    r: torch.Tensor
-
-    def radius(self, ops: _Ops) -> torch.Tensor:
-        rad = self.g.abs().sum(-1) + self.r
-        return rad * (1 + (self.g.shape[-1] + 4) * ULP2) + 1e-300 if ops.sound else rad
-
-    def interval(self, ops: _Ops) -> tuple[torch.Tensor, torch.Tensor]:
-        rad = self.radius(ops)
-        return ops.widen(self.c - rad, self.c + rad)
-
-    def affine(self, ops: _Ops, w: torch.Tensor, b: torch.Tensor | None) -> _Form:
-        c = self.c @ w.T
-        if b is not None:
-            c = c + b
-        g = torch.einsum("...wd,ow->...od", self.g, w)
-        aw = w.abs()
-        r = self.r @ aw.T
-        if ops.sound:  # dot products of length n: (n + 8) 2^-51 times the magnitudes
-            mag = (self.c.abs() + self.g.abs().sum(-1) + self.r) @ aw.T
-            if b is not None:
-                mag = mag + b.abs()
-            r = r + (w.shape[1] + 8) * ULP2 * mag + 1e-300
-        return _Form(c, g, r)
-
-    def apply(self, ops: _Ops, layer: Activation, deriv: bool) -> _Form:
-        """The activation (or its derivative) of the form: ``a x + [bl, bh]``."""
-        lo, hi = self.interval(ops)
-        a, bl, bh = _lin(ops, layer, lo, hi, deriv)
-        c = a * self.c + (bl + bh) * 0.5
-        g = a[..., None] * self.g
-        r = a.abs() * self.r + (bh - bl) * 0.5
-        if ops.sound:
-            mag = c.abs() + g.abs().sum(-1) + r + bl.abs() + bh.abs()
-            r = r + 8 * REL * mag + 1e-300
-        return _Form(c, g, r)
-
-    def times(self, ops: _Ops, o: _Form) -> _Form:
-        """Product: the linear part exactly, the product of the deviations in the remainder."""
-        c = self.c * o.c
-        g = self.c[..., None] * o.g + o.c[..., None] * self.g
-        r = self.c.abs() * o.r + o.c.abs() * self.r + self.radius(ops) * o.radius(ops)
-        if ops.sound:
-            r = r + 8 * REL * (c.abs() + g.abs().sum(-1) + r) + 1e-300
-        return _Form(c, g, r)
-
-
-def _affine_column(
-    ops: _Ops, layers: Sequence[Layer], lo: torch.Tensor, hi: torch.Tensor, cols: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The forward tangent in affine arithmetic: ``(N, n_out, k)`` lower and upper bounds.
-
-    Unlike intervals, affine forms remember how every hidden quantity depends on the input
-    (its coefficients on the box's noise symbols), so that the derivative factors of
-    different units, which all move with the same ``x``, may cancel; each activation and
-    its derivative is replaced by its chord-slope line plus a band that holds over the
-    unit's whole range of pre-activations."""
-    n, d = lo.shape
-    c, rad = (lo + hi) * 0.5, (hi - lo) * 0.5
-    if ops.sound:
-        rad = rad * (1 + 4 * ULP2) + 1e-300  # covers |x - c| despite rounding
-    z = _Form(c, torch.diag_embed(rad), torch.zeros_like(c))
-    k = len(cols)
-    eye = torch.eye(d, dtype=lo.dtype, device=lo.device)[cols]
-    s = _Form(eye.expand(n, k, d), lo.new_zeros(n, k, d, d), lo.new_zeros(n, k, d))
-    for layer in layers:
-        if isinstance(layer, Affine):
-            z = z.affine(ops, layer.weight, layer.bias)
-            s = s.affine(ops, layer.weight, None)
-            continue
-        dz = z.apply(ops, layer, deriv=True)
-        s = _Form(dz.c[:, None], dz.g[:, None], dz.r[:, None]).times(ops, s)
-        z = z.apply(ops, layer, deriv=False)
-    sl, sh = s.interval(ops)
-    return sl.transpose(1, 2), sh.transpose(1, 2)
 
 
 # ------------------------------------------------------------------- what constraints read
