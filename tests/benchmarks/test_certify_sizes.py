@@ -1,0 +1,63 @@
+"""certify_sizes.py's certified recipe: the warm start fits the points only, then adds the
+constraint over cells and the Prover for the rest of the steps, with one optimiser."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import constrained_grad as cg
+
+PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "certify_sizes.py"
+spec = importlib.util.spec_from_file_location("certify_sizes", PATH)
+assert spec is not None and spec.loader is not None
+cs = importlib.util.module_from_spec(spec)
+sys.modules["certify_sizes"] = cs
+spec.loader.exec_module(cs)
+
+
+def test_defaults_are_the_warm_started_recipe() -> None:
+    cfg = cs.parse([])
+    assert cfg.warm == 0.3 and cfg.cells_dual_lr == 0.01
+
+
+@pytest.mark.parametrize("warm", [0.0, 0.5])
+def test_warm_start_fits_the_points_first_then_the_cells(
+    warm: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[list[str], int, int]] = []
+    real_fit = cs.cg.fit
+
+    def fit(problem: cg.DerivativeProblem, *args: Any, **kw: Any) -> Any:
+        out = real_fit(problem, *args, **kw)
+        calls.append((list(problem.specs), kw["steps"], out.steps))
+        return out
+
+    monkeypatch.setattr(cs.cg, "fit", fit)
+    cfg = cs.parse(
+        ["--steps", "24", "--warm", str(warm), "--checks", "2", "--prover-time-limit", "1"]
+    )
+    task = cs.make_task("every-output", 0)
+    opt_ids = set()
+    real_adamw = torch.optim.AdamW
+
+    def adamw(*a: Any, **k: Any) -> torch.optim.Optimizer:
+        opt = real_adamw(*a, **k)
+        opt_ids.add(id(opt))
+        return opt
+
+    monkeypatch.setattr(cs.torch.optim, "AdamW", adamw)
+    _, facts, spec = cs.train(task, "tanh", "certified", cfg)
+    if warm:
+        assert calls == [(["on_data"], 12, 12), (["on_data", "proved"], 12, 12)]
+    else:
+        assert calls == [(["on_data", "proved"], 24, 24)]
+    assert len(opt_ids) == 1  # one optimiser (and schedule) across the phases
+    assert facts["warm_steps"] == round(24 * warm) and facts["cells_dual_lr"] == 0.01
+    assert isinstance(spec.where, cg.Cells)
+    assert facts["prover_checks"] >= 2  # the Prover ran in the cells' phase
