@@ -6,9 +6,9 @@ seed, and differ only in how monotonicity is asked for:
 ``certified``    ``cg.Monotonic`` with a margin on every batch for the first 30 % of the steps
                  (``--warm``), then also ``cg.Monotonic`` over ``cg.Cells(box)`` (a sound
                  bound of the derivative on each cell of an adaptive partition of the box,
-                 one multiplier per cell, ``dual_lr=0.01``) and a ``cg.Prover`` that
-                 certifies during the rest, keeps the best proved state by validation MSE
-                 and restores it at the end;
+                 one multiplier per cell, ``dual_lr=0.01``, ``slack=1e-4``) and a
+                 ``cg.Prover`` that certifies during the rest, keeps the best proved state
+                 by validation MSE and restores it at the end;
 ``constrained``  points only: ``cg.Monotonic`` with a margin on every batch and at uniform
                  points of the box (``cg.InBox``), as the docs recommended before cells;
 ``none``         the loss alone.
@@ -27,8 +27,9 @@ horsepower, weight; test MSE in mpg²), a synthetic 8-D task 8-64-64-1 on ``[-1,
 tanh net whose 7 outputs all increase in input 5 (``constrained_grad.demo.every_output_data``).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/certify_sizes.py [--quick] --json PATH
-[--only auto-mpg/relu ...] [--trainings certified none] [--warm 0.3] [--cells-dual-lr 0.01]``
-(``--warm 0 --cells-dual-lr 0.05`` is the recipe before the warm start).
+[--only auto-mpg/relu ...] [--trainings certified none] [--warm 0.3] [--cells-dual-lr 0.01]
+[--cells-slack 1e-4]`` (``--warm 0 --cells-dual-lr 0.05 --cells-slack 0`` is the recipe
+before the warm start).
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ def train(
         )
     if training == "certified":
         cells = cg.Cells(
-            task.box, max_cells=cfg.max_cells, refine_every=cfg.refine_every, refine=cfg.refine
+            task.box,
+            max_cells=cfg.max_cells,
+            refine_every=cfg.refine_every,
+            refine=cfg.refine,
+            slack=cfg.cells_slack,
         )
         proved = cg.Monotonic(
             inputs, direction, where=cells, dual_lr=cfg.cells_dual_lr, name="proved"
@@ -186,6 +191,7 @@ def train(
         facts["prover_checks"] = len(prover.checks)
         facts["warm_steps"] = warm
         facts["cells_dual_lr"] = cfg.cells_dual_lr
+        facts["cells_slack"] = cfg.cells_slack
     return model, facts, proved
 
 
@@ -247,6 +253,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refine-every", type=int, default=25)
     p.add_argument("--refine", type=int, default=4)
     p.add_argument("--cells-dual-lr", type=float, default=0.01, help="certified: cells' dual_lr")
+    p.add_argument(
+        "--cells-slack",
+        type=float,
+        default=1e-4,
+        help="certified: cg.Cells slack (the bounds clear the constraint by this much in "
+        "training; the certificate proves it at margin 0)",
+    )
     p.add_argument(
         "--warm",
         type=float,
