@@ -245,9 +245,13 @@ def test_a_network_without_activations_is_bounded_by_its_weights(sound: bool) ->
         assert (b.lower.detach() <= jac).all() and (b.upper.detach() >= jac).all()
 
 
-def test_the_sound_affine_map_encloses_exact_rational_arithmetic() -> None:
+@pytest.mark.parametrize("exponents", [(-8, 8), (-170, -150)])  # the second: underflow
+def test_the_sound_affine_map_encloses_exact_rational_arithmetic(
+    exponents: tuple[int, int],
+) -> None:
     """``[lo, hi] W^T + b`` in sound float64 against the exact result in fractions, for
-    intervals and weights spanning many magnitudes and both signs (and exact zeros)."""
+    intervals and weights spanning many magnitudes and both signs (and exact zeros), and
+    products small enough to underflow."""
     from fractions import Fraction
 
     from constrained_grad.derivatives.bounds import Affine, _Ops
@@ -256,7 +260,9 @@ def test_the_sound_affine_map_encloses_exact_rational_arithmetic() -> None:
     n, k, m = 40, 9, 5
 
     def draw(*shape: int) -> torch.Tensor:
-        mag = 10 ** (torch.rand(*shape, generator=g, dtype=torch.float64) * 16 - 8)
+        lo_e, hi_e = exponents
+        u = torch.rand(*shape, generator=g, dtype=torch.float64)
+        mag = 10 ** (u * (hi_e - lo_e) + lo_e)
         sign = torch.randint(0, 3, shape, generator=g).to(torch.float64) - 1  # -1, 0, 1
         return mag * sign
 
@@ -280,6 +286,15 @@ def test_the_sound_affine_map_encloses_exact_rational_arithmetic() -> None:
                 extra = 0 if tangent else Fraction(bias[o].item())
                 assert Fraction(low[r, o].item()) <= sum(terms) + extra
                 assert Fraction(high[r, o].item()) >= sum(tops) + extra
+    c, d = draw(n, k), draw(n, k)
+    plo, phi = _Ops(sound=True).product(lo, hi, torch.minimum(c, d), torch.maximum(c, d))
+    for r in range(n):
+        for i in range(k):
+            ends = [Fraction(x.item()) * Fraction(y.item())
+                    for x in (lo[r, i], hi[r, i])
+                    for y in (torch.minimum(c, d)[r, i], torch.maximum(c, d)[r, i])]  # fmt: skip
+            assert Fraction(plo[r, i].item()) <= min(ends)
+            assert Fraction(phi[r, i].item()) >= max(ends)
 
 
 # ------------------------------------------------------------------------------- gradients

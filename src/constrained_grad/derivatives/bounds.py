@@ -33,17 +33,17 @@ never looser than either.
 the plain one; its width shrinks quadratically with the box. It is skipped on boxes where
 :math:`\sigma'` jumps (a ReLU kink, softplus crossing its threshold).
 
-``sound=True`` (float64 only) computes each end of an affine map as a difference of two
-sums of nonnegative products and widens each sum by :math:`(K + 9) 2^{-50}` relative
-(:math:`K` terms; a bound on float64 dot-product rounding) plus, where some product has two
-nonzero factors, the smallest normal number (underflow); products get :math:`10^{-15}`
-relative slack (and the underflow term), sums :math:`10^{-15}` relative, activation values
-and derivatives :math:`10^{-15}` relative and absolute slack. Products with a zero factor
-and sums of zeros are exact in floating point and get no slack, so an end that is exactly 0
-in real arithmetic (a ReLU unit's derivative interval :math:`[0, 1]` times a nonnegative
-column) stays 0 and a property that holds with equality there is still proved. The bounds
-enclose the real-arithmetic derivative of the network with the given float64 weights:
-that is what a certificate needs. Without it the
+``sound=True`` (float64 only) widens each end of an affine map, computed as
+:math:`l W^+ - h W^-` (and :math:`h W^+ - l W^-`), by :math:`(K + 9) 2^{-50}` times the
+same sums of absolute values (:math:`K` terms: a bound on float64 dot-product rounding);
+products get :math:`10^{-15}` relative slack, sums :math:`10^{-15}` relative, activation
+values and derivatives :math:`10^{-15}` relative and absolute slack, and where an operand is
+below :math:`2^{-500}` (a product could underflow) the smallest normal number is added.
+A product with a zero factor and an end whose terms are all 0 get no slack, so a bound that
+is exactly 0 in real arithmetic (a ReLU unit's derivative interval :math:`[0, 1]` times a
+nonnegative column) stays 0 and a property that holds with equality there is still proved.
+The bounds enclose the real-arithmetic derivative of the network with the given float64
+weights: that is what a certificate needs. Without it the
 same maths runs in the model's dtype and is differentiable in the weights (autograd through
 ``min``/``max``/``where``): that is what certified training needs.
 """
@@ -162,6 +162,13 @@ def network_layers(model: object, n_inputs: int, *, who: str) -> list[Layer]:
 
 
 # ------------------------------------------------------------------------- interval algebra
+def _has_tiny(*tensors: torch.Tensor) -> torch.Tensor:
+    """1.0 if some entry is nonzero but below :math:`2^{-500}` (a product of two entries could
+    then underflow), else 0.0; a 0-dim tensor, no host sync."""
+    a = torch.cat([t.reshape(-1) for t in tensors]).abs()
+    return (torch.where(a > 0, a, 1.0).amin() < 2.0**-500).to(a.dtype)
+
+
 class _Ops:
     """Interval arithmetic, plain (differentiable) or sound (float64 with rounding slack)."""
 
@@ -179,61 +186,47 @@ class _Ops:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""``[lo, hi] W^T (+ b)`` for rows of intervals.
 
-        Each end is a difference of two sums of nonnegative products, e.g. the lower end
-        :math:`\sum_i \min(w_i l_i, w_i h_i) = (l^+ W^+ + h^- W^-) - (l^- W^+ + h^+ W^-)`
-        with :math:`W^\pm, l^\pm, h^\pm \ge 0` the parts of each sign. A part whose
-        products all have a zero factor is exactly 0 in floating point too, so an end that
-        is 0 in exact arithmetic (a unit whose derivative interval is ``[0, 1]`` times a
-        nonnegative column, a dead region) stays 0 in the sound mode: a property that holds
-        with equality there is still proved. Sound mode: each sum of ``K`` products is off
-        by at most :math:`\gamma = (K + 8) 2^{-51}` relative, plus underflow (at most the
-        smallest normal number per sum, only when some product has two nonzero factors).
+        With :math:`W = W^+ - W^-` (:math:`W^\pm \ge 0`) the ends are
+        :math:`l W^+ - h W^-` and :math:`h W^+ - l W^-`: each term is
+        :math:`\min`/:math:`\max(w_i l_i, w_i h_i)`, so an end that is 0 term by term in
+        exact arithmetic (a unit whose derivative interval is ``[0, 1]`` times a nonnegative
+        column, a dead region) is exactly 0 in floating point too. Sound mode: the error of
+        each end is at most :math:`\gamma S` with :math:`S` the same sums of absolute
+        values (0 for such an end, which therefore stays 0) and
+        :math:`\gamma = (K + 9) 2^{-50}` for ``K`` terms; where an operand is so small that
+        a product could underflow, the smallest normal number times ``K`` is added.
         """
         w = layer.weight
         wp, wn = w.clamp_min(0.0), (-w).clamp_min(0.0)
-        lp, ln = lo.clamp_min(0.0), (-lo).clamp_min(0.0)
-        hp, hn = hi.clamp_min(0.0), (-hi).clamp_min(0.0)
-        # the four sums, one matmul: lower = P_lo - N_lo, upper = P_hi - N_hi
-        parts = torch.stack(
-            torch.broadcast_tensors(
-                torch.cat([lp, hn], -1),  # P_lo
-                torch.cat([ln, hp], -1),  # N_lo
-                torch.cat([hp, ln], -1),  # P_hi
-                torch.cat([hn, lp], -1),  # N_hi
-            )
-        )
-        w2 = torch.cat([wp, wn], dim=1)  # (out, 2 in)
-        sums = parts @ w2.T
+        lower = lo @ wp.T - hi @ wn.T
+        upper = hi @ wp.T - lo @ wn.T
         if not tangent:
-            b = layer.bias
-            bias = torch.stack([b.clamp_min(0.0), (-b).clamp_min(0.0)] * 2)
-            sums = sums + bias.reshape(4, *([1] * (sums.dim() - 2)), -1)
-        p_lo, n_lo, p_hi, n_hi = sums.unbind(0)
+            lower, upper = lower + layer.bias, upper + layer.bias
         if not self.sound:
-            return p_lo - n_lo, p_hi - n_hi
-        gamma = (w2.shape[1] + 9) * ULP2
-        nonzero = (parts != 0).to(w2.dtype) @ (w2 != 0).to(w2.dtype).T
+            return lower, upper
+        la, ha = lo.abs(), hi.abs()
+        s_lo = la @ wp.T + ha @ wn.T
+        s_hi = ha @ wp.T + la @ wn.T
+        k = w.shape[1] + 1
         if not tangent:
-            nonzero = nonzero + (bias != 0).reshape(4, *([1] * (sums.dim() - 2)), -1)
-        under = torch.where(nonzero > 0, TINY, 0.0)  # underflow, only where a product can
-        lower = p_lo * (1 - 2 * gamma) - torch.where(p_lo > 0, under[0], 0.0)
-        lower = lower - (n_lo * (1 + 2 * gamma) + under[1])
-        upper = p_hi * (1 + 2 * gamma) + under[2]
-        upper = upper - (n_hi * (1 - 2 * gamma) - torch.where(n_hi > 0, under[3], 0.0))
+            s_lo, s_hi = s_lo + layer.bias.abs(), s_hi + layer.bias.abs()
+        gamma = (k + 9) * ULP2
+        under = k * TINY * _has_tiny(lo, hi, w)
+        lower = lower - (gamma * s_lo + under)
+        upper = upper + (gamma * s_hi + under)
         return lower - REL * lower.abs(), upper + REL * upper.abs()
 
     def product(
         self, al: torch.Tensor, ah: torch.Tensor, bl: torch.Tensor, bh: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[al, ah] * [bl, bh]`` elementwise (broadcasting). Sound mode: a product with a
-        zero factor is exact (so ``[0, 1] * [t, u]`` with ``t >= 0`` keeps its 0); the
-        others get relative slack and, for underflow, the smallest normal number."""
-        a = torch.stack(torch.broadcast_tensors(al, al, ah, ah, bl))[:4]
-        b = torch.stack(torch.broadcast_tensors(bl, bh, bl, bh, al))[:4]
-        p = a * b
+        """``[al, ah] * [bl, bh]`` elementwise (broadcasting). Sound mode: relative slack, so
+        a product with a zero factor stays exactly 0 (``[0, 1] * [t, u]`` with ``t >= 0``
+        keeps its 0); where an operand is so small that a product could underflow, the
+        smallest normal number is added."""
+        p = torch.stack(torch.broadcast_tensors(al * bl, al * bh, ah * bl, ah * bh))
         if not self.sound:
             return p.amin(0), p.amax(0)
-        slack = REL * p.abs() + torch.where((a != 0) & (b != 0), TINY, 0.0)
+        slack = REL * p.abs() + TINY * _has_tiny(al, ah, bl, bh)
         return (p - slack).amin(0), (p + slack).amax(0)
 
     def add(
