@@ -3,10 +3,11 @@ r"""Global and local certificates at the sizes people train, with and without ce
 For each task and activation, three 64-64 MLPs are trained with the same optimiser, steps and
 seed, and differ only in how monotonicity is asked for:
 
-``certified``    ``cg.Monotonic`` with a margin on every batch for the first 30 % of the steps
-                 (``--warm``), then also ``cg.Monotonic`` over ``cg.Cells(box)`` (a sound
-                 bound of the derivative on each cell of an adaptive partition of the box,
-                 one multiplier per cell, ``dual_lr=0.01``, ``slack=1e-4``) and a
+``certified``    ``cg.Monotonic`` with a margin on every batch (tanh nets: alone for the first
+                 30 % of the steps, ``--warm``), then also ``cg.Monotonic`` over
+                 ``cg.Cells(box)`` (a sound bound of the derivative on each cell of an
+                 adaptive partition of the box, one multiplier per cell, ``dual_lr`` 0.01
+                 for tanh and 0.05 for ReLU nets (``RECIPES``), ``slack=1e-4``) and a
                  ``cg.Prover`` that certifies during the rest, keeps the best proved state
                  by validation MSE and restores it at the end;
 ``constrained``  points only: ``cg.Monotonic`` with a margin on every batch and at uniform
@@ -123,6 +124,23 @@ def mse(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) 
     return out
 
 
+#: certified recipe per activation when --warm / --cells-dual-lr are not given: smooth nets
+#: fit the points first (30 % of the steps) and push the cells gently (the coarse cells'
+#: loose bounds otherwise derail the start); ReLU nets start with the cells at once
+RECIPES = {
+    "relu": {"warm": 0.0, "cells_dual_lr": 0.05},
+    "tanh": {"warm": 0.3, "cells_dual_lr": 0.01},
+}
+
+
+def _recipe(cfg: argparse.Namespace, activation: str) -> dict[str, float]:
+    base = RECIPES[activation]
+    return {
+        "warm": base["warm"] if cfg.warm is None else cfg.warm,
+        "cells_dual_lr": base["cells_dual_lr"] if cfg.cells_dual_lr is None else cfg.cells_dual_lr,
+    }
+
+
 def train(
     task: Task, activation: str, training: str, cfg: argparse.Namespace
 ) -> tuple[nn.Module, dict[str, Any], Any]:
@@ -135,7 +153,8 @@ def train(
     prover = proved = None
     # certified: the first `warm` steps fit the points only (the same optimiser and
     # schedule carry on); the cells are switched on once the net fits the data roughly
-    warm = round(cfg.warm * cfg.steps) if training == "certified" else 0
+    recipe = _recipe(cfg, activation)
+    warm = round(recipe["warm"] * cfg.steps) if training == "certified" else 0
     if training != "none":
         constraints.append(cg.Monotonic(inputs, direction, margin=task.margin, name="on_data"))
     if training == "constrained":
@@ -152,7 +171,7 @@ def train(
             slack=cfg.cells_slack,
         )
         proved = cg.Monotonic(
-            inputs, direction, where=cells, dual_lr=cfg.cells_dual_lr, name="proved"
+            inputs, direction, where=cells, dual_lr=recipe["cells_dual_lr"], name="proved"
         )
         constraints.append(proved)
         prover = cg.Prover(
@@ -190,7 +209,7 @@ def train(
         facts["proved_step"] = prover.proved_step
         facts["prover_checks"] = len(prover.checks)
         facts["warm_steps"] = warm
-        facts["cells_dual_lr"] = cfg.cells_dual_lr
+        facts["cells_dual_lr"] = recipe["cells_dual_lr"]
         facts["cells_slack"] = cfg.cells_slack
     return model, facts, proved
 
@@ -252,7 +271,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-cells", type=int, default=64, help="certified: cell budget")
     p.add_argument("--refine-every", type=int, default=25)
     p.add_argument("--refine", type=int, default=4)
-    p.add_argument("--cells-dual-lr", type=float, default=0.01, help="certified: cells' dual_lr")
+    p.add_argument(
+        "--cells-dual-lr",
+        type=float,
+        default=None,
+        help="certified: cells' dual_lr (default per activation, RECIPES: tanh 0.01, relu 0.05)",
+    )
     p.add_argument(
         "--cells-slack",
         type=float,
@@ -263,8 +287,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--warm",
         type=float,
-        default=0.3,
-        help="certified: fraction of the steps trained on the points only before the cells",
+        default=None,
+        help="certified: fraction of the steps trained on the points only before the cells "
+        "(default per activation, RECIPES: tanh 0.3, relu 0)",
     )
     p.add_argument("--checks", type=int, default=6, help="certified: Prover checks per fit")
     p.add_argument("--prover-time-limit", type=float, default=5.0)

@@ -21,9 +21,12 @@ sys.modules["certify_sizes"] = cs
 spec.loader.exec_module(cs)
 
 
-def test_defaults_are_the_warm_started_recipe() -> None:
+def test_defaults_are_the_recipe_of_each_activation() -> None:
     cfg = cs.parse([])
-    assert cfg.warm == 0.3 and cfg.cells_dual_lr == 0.01
+    assert cs._recipe(cfg, "tanh") == {"warm": 0.3, "cells_dual_lr": 0.01}
+    assert cs._recipe(cfg, "relu") == {"warm": 0.0, "cells_dual_lr": 0.05}
+    given = cs.parse(["--warm", "0.5", "--cells-dual-lr", "0.2"])
+    assert cs._recipe(given, "relu") == {"warm": 0.5, "cells_dual_lr": 0.2}
 
 
 @pytest.mark.parametrize("warm", [0.0, 0.5])
