@@ -3,22 +3,15 @@ constraint over cells and the Prover for the rest of the steps, with one optimis
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from bench_scripts import load
 
 import constrained_grad as cg
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "certify_sizes.py"
-spec = importlib.util.spec_from_file_location("certify_sizes", PATH)
-assert spec is not None and spec.loader is not None
-cs = importlib.util.module_from_spec(spec)
-sys.modules["certify_sizes"] = cs
-spec.loader.exec_module(cs)
+cs = load("certify_sizes")
 
 
 def test_defaults_are_the_recipe_of_each_activation() -> None:

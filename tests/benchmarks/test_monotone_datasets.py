@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load
 
 import constrained_grad as cg
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "monotone_datasets.py"
-spec = importlib.util.spec_from_file_location("monotone_datasets", PATH)
-assert spec is not None and spec.loader is not None
-md = importlib.util.module_from_spec(spec)
-sys.modules["monotone_datasets"] = md
-spec.loader.exec_module(md)
+md = load("monotone_datasets")
 
 
 def test_widths_parses_and_rejects() -> None:

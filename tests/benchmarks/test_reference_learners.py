@@ -3,31 +3,19 @@ linear monotonicity check, the monotone-by-construction wiring (synthetic data, 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("sklearn", reason="scikit-learn is a dev/bench extra")
 
-ROOT = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_scripts import load
 
-
-def _load(name: str) -> object:
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-refs = _load("reference_learners")
-md = sys.modules.get("monotone_datasets") or _load("monotone_datasets")
+refs = load("reference_learners")
+md = load("monotone_datasets")
 
 
 @pytest.fixture(autouse=True)
