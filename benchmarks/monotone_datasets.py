@@ -43,7 +43,8 @@ Methods:
 ``certified``      certified training: a ``--certified-hidden`` (default 64-64) ReLU MLP with
                    ``Monotonic`` on every batch (margin ``--margin``) and over
                    :class:`constrained_grad.Cells` of the box (a sound bound of the derivative
-                   on each cell, one multiplier per cell, refined where violated), AdamW with
+                   on each cell, one multiplier per cell, refined where violated; the cells'
+                   bounds clear the constraint by ``--cells-slack`` in training), AdamW with
                    cosine decay; a ``Prover`` certifies over the cells every ``--milp-every``
                    epochs and keeps the proved state with the best validation score.
 ``lmn``            Lipschitz monotonic network (``monotonicnetworks`` package, GroupSort,
