@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
@@ -51,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import constrained_grad as cg
+from _cells import add_cell_options, cells_from
 from constrained_grad.datasets import AUTO_MPG_DECREASING, load_auto_mpg
 from constrained_grad.demo import _cosine, _epochs_for, _loader, _mlp, every_output_data
 
@@ -163,13 +165,7 @@ def train(
             cg.Monotonic(inputs, direction, margin=task.margin, where=where, name="in_box")
         )
     if training == "certified":
-        cells = cg.Cells(
-            task.box,
-            max_cells=cfg.max_cells,
-            refine_every=cfg.refine_every,
-            refine=cfg.refine,
-            slack=cfg.cells_slack,
-        )
+        cells = cells_from(task.box, cfg)
         proved = cg.Monotonic(
             inputs, direction, where=cells, dual_lr=recipe["cells_dual_lr"], name="proved"
         )
@@ -268,21 +264,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="default 1500 (500 with --quick)")
     p.add_argument("--box-points", type=int, default=2048, help="constrained: InBox points")
-    p.add_argument("--max-cells", type=int, default=64, help="certified: cell budget")
-    p.add_argument("--refine-every", type=int, default=25)
-    p.add_argument("--refine", type=int, default=4)
+    add_cell_options(p)
     p.add_argument(
         "--cells-dual-lr",
         type=float,
         default=None,
         help="certified: cells' dual_lr (default per activation, RECIPES: tanh 0.01, relu 0.05)",
-    )
-    p.add_argument(
-        "--cells-slack",
-        type=float,
-        default=1e-4,
-        help="certified: cg.Cells slack (the bounds clear the constraint by this much in "
-        "training; the certificate proves it at margin 0)",
     )
     p.add_argument(
         "--warm",

@@ -105,6 +105,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import constrained_grad as cg
 import reference_learners as refs
+from _cells import add_cell_options, cells_from
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATASETS = ("auto-mpg", "heart", "compas")
@@ -533,13 +534,7 @@ def constraints_for(
             )
         return cons, source
     if method == "certified":
-        cells = cg.Cells(
-            split.box,
-            max_cells=cfg.max_cells,
-            refine_every=cfg.refine_every,
-            refine=cfg.refine,
-            slack=cfg.cells_slack,
-        )
+        cells = cells_from(split.box, cfg)
         return [
             cg.Monotonic(mono, direction, margin=conf.margin, name="on_batch"),
             cg.Monotonic(mono, direction, where=cells, dual_lr=cfg.cells_dual_lr, name="monotone"),
@@ -1160,18 +1155,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--prove-time-limit", type=float, default=10.0, help="certified: seconds per Prover check"
     )
-    p.add_argument("--max-cells", type=int, default=64, help="certified: cell budget")
-    p.add_argument("--refine-every", type=int, default=25, help="certified: steps per refine")
-    p.add_argument("--refine", type=int, default=4, help="certified: cells split per round")
+    add_cell_options(p)
     p.add_argument(
         "--cells-dual-lr", type=float, default=0.05, help="certified: dual step of the cells"
-    )
-    p.add_argument(
-        "--cells-slack",
-        type=float,
-        default=1e-4,
-        help="certified: extra margin the cells' bounds must clear in training (cg.Cells slack; "
-        "the certificate still proves the constraint at margin 0)",
     )
     p.add_argument(
         "--milp-every",
